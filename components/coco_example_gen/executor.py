@@ -1,0 +1,173 @@
+"""Beam executor of CocoExampleGen.
+
+It reuses TFX's ExampleGen machinery (hash splits, span resolution, TFRecord writing)
+and adds what a COCO source needs: per-record validation with a quarantine report,
+and a content hash per split recorded on the Examples artifact in ML Metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx import types
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.types import artifact_utils, standard_component_specs
+
+from data import coco
+from data import feature_spec as fs
+
+# Files written into the Examples artifact, beside the Split-* folders.
+QUARANTINE_FILE = "quarantine.jsonl"
+SPLIT_DIGEST_DIR = "split_digests"
+SUMMARY_FILE = "ingestion_summary.json"
+LABEL_MAP_FILE = "label_map.json"
+# Custom properties on the Examples artifact (MLMD).
+CONTENT_HASH_PROPERTY = "content_hash_{split}"
+NUM_EXAMPLES_PROPERTY = "num_examples_{split}"
+QUARANTINED_PROPERTY = "quarantined"
+QUARANTINE_REASONS_PROPERTY = "quarantine_reasons"
+LABEL_MAP_PROPERTY = "label_map"
+
+_REPORT_DIR_KEY = "_sightline_report_dir"  # private exec property, set by Do()
+
+
+class _ToExample(beam.DoFn):
+    """Reads one image record; unusable ones go to the quarantine output."""
+
+    QUARANTINE = "quarantine"
+
+    def __init__(self, image_dir: str, label_map: coco.LabelMap):
+        self._image_dir = image_dir
+        self._label_map = label_map
+
+    def process(self, record: coco.ImageRecord):
+        try:
+            yield coco.record_to_example(record, self._image_dir, self._label_map)
+        except coco.RecordError as e:
+            row = coco.Quarantined(
+                record.image["file_name"], record.image["id"], None, e.reason, e.detail
+            )
+            yield beam.pvalue.TaggedOutput(self.QUARANTINE, row.to_json())
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+def _CocoToExample(  # noqa: N802  (Beam PTransform naming)
+    pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str
+) -> beam.pvalue.PCollection:
+    """A COCO annotations file (and its images) -> tf.Examples; bad records quarantined."""
+    annotations_path = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY],
+                                    split_pattern)
+    dataset = coco.load_annotations(annotations_path)  # malformed file: fail the component
+    label_map = coco.label_map_of(dataset, annotations_path)
+    records, planned_quarantine = coco.plan_records(dataset, label_map)
+    report_dir = exec_properties[_REPORT_DIR_KEY]
+    tf.io.gfile.makedirs(report_dir)
+    with tf.io.gfile.GFile(os.path.join(report_dir, LABEL_MAP_FILE), "w") as f:
+        f.write(json.dumps(list(label_map.names)))
+    converted = (
+        pipeline
+        | "Records" >> beam.Create(records, reshuffle=True)
+        | "ToExample" >> beam.ParDo(
+            _ToExample(os.path.dirname(annotations_path), label_map)
+        ).with_outputs(_ToExample.QUARANTINE, main="examples")
+    )
+    planned = pipeline | "PlannedQuarantine" >> beam.Create(
+        [q.to_json() for q in planned_quarantine]
+    )
+    (
+        (planned, converted[_ToExample.QUARANTINE])
+        | "AllQuarantine" >> beam.Flatten()
+        | "WriteQuarantine" >> beam.io.WriteToText(
+            os.path.join(report_dir, QUARANTINE_FILE),
+            shard_name_template="",
+        )
+    )
+    return converted.examples
+
+
+def _digest_of(example: tf.train.Example) -> str:
+    return example.features.feature[fs.IMAGE_SHA256].bytes_list.value[0].decode()
+
+
+class Executor(BaseExampleGenExecutor):
+    """Generates hash-split tf.Examples from a COCO dataset."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # noqa: N802 (TFX API)
+        return _CocoToExample
+
+    def GenerateExamplesByBeam(  # noqa: N802 (TFX API)
+        self, pipeline: beam.Pipeline, exec_properties: dict[str, Any]
+    ) -> dict[str, beam.pvalue.PCollection]:
+        """Adds, per output split, the sorted per-image digests the content hash is made of."""
+        splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        digest_dir = os.path.join(exec_properties[_REPORT_DIR_KEY], SPLIT_DIGEST_DIR)
+        for name, examples in splits.items():
+            _ = (
+                examples
+                | f"Digest[{name}]" >> beam.Map(_digest_of)
+                | f"Collect[{name}]" >> beam.combiners.ToList()
+                | f"Sort[{name}]" >> beam.Map(lambda digests: json.dumps(sorted(digests)))
+                | f"WriteDigests[{name}]" >> beam.io.WriteToText(
+                    os.path.join(digest_dir, f"{name}.json"), shard_name_template=""
+                )
+            )
+        return splits
+
+    def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY]
+        )
+        exec_properties = {**exec_properties, _REPORT_DIR_KEY: examples.uri}
+        super().Do(input_dict, output_dict, exec_properties)
+        summary = _summarize(examples.uri, artifact_utils.decode_split_names(examples.split_names))
+        _record_summary(examples, summary)
+
+
+def _summarize(uri: str, split_names: list[str]) -> dict[str, Any]:
+    """Reads what the Beam pipeline wrote: per-split hashes/counts, quarantine by reason."""
+    splits = {}
+    for name in split_names:
+        with tf.io.gfile.GFile(os.path.join(uri, SPLIT_DIGEST_DIR, f"{name}.json")) as f:
+            digests = json.loads(f.read() or "[]")
+        splits[name] = {"num_examples": len(digests), "content_hash": coco.content_hash(digests)}
+    with tf.io.gfile.GFile(os.path.join(uri, QUARANTINE_FILE)) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    reasons = Counter(row["reason"] for row in rows)
+    with tf.io.gfile.GFile(os.path.join(uri, LABEL_MAP_FILE)) as f:
+        label_map = json.loads(f.read())
+    return {
+        "label_map": label_map,
+        "splits": splits,
+        "quarantined": len(rows),
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "quarantine_report": os.path.join(uri, QUARANTINE_FILE),
+    }
+
+
+def _record_summary(examples: types.Artifact, summary: dict[str, Any]) -> None:
+    """Stores the summary beside the splits and as custom properties in MLMD."""
+    for name, split in summary["splits"].items():
+        examples.set_string_custom_property(
+            CONTENT_HASH_PROPERTY.format(split=name), split["content_hash"]
+        )
+        examples.set_int_custom_property(
+            NUM_EXAMPLES_PROPERTY.format(split=name), split["num_examples"]
+        )
+    examples.set_int_custom_property(QUARANTINED_PROPERTY, summary["quarantined"])
+    examples.set_string_custom_property(
+        QUARANTINE_REASONS_PROPERTY, json.dumps(summary["quarantine_reasons"])
+    )
+    examples.set_string_custom_property(LABEL_MAP_PROPERTY, json.dumps(summary["label_map"]))
+    with tf.io.gfile.GFile(os.path.join(examples.uri, SUMMARY_FILE), "w") as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True))

@@ -1,0 +1,289 @@
+"""Run summaries and lineage, read back from ML Metadata: the record of what happened.
+
+Nothing here keeps its own bookkeeping: every number comes from MLMD (executions,
+artifacts, their custom properties) or from the artifacts those records point at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components.coco_example_gen import executor as coco_executor
+
+_STATES = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+_INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+# The Evaluator's baseline is an earlier run's model: lineage does not follow it.
+_NOT_LINEAGE_INPUTS = {"baseline_model"}
+
+
+class NoRunsError(LookupError):
+    """There is nothing to show yet (or the requested run does not exist)."""
+
+
+def connect(metadata_path: str) -> metadata_store.MetadataStore:
+    """Opens the SQLite MLMD store of a Sightline home, read-only."""
+    if not os.path.exists(metadata_path):
+        raise NoRunsError(f"no ML Metadata store at {metadata_path}: run `sightline run` first")
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def list_runs(store: metadata_store.MetadataStore) -> list[dict[str, Any]]:
+    """Pipeline runs, newest first: run id, pipeline, status."""
+    runs = []
+    for context in _run_contexts(store):
+        executions = store.get_executions_by_context(context.id)
+        runs.append({
+            "run_id": context.name,
+            "pipeline": _pipeline_of(store, context),
+            "status": _run_status(executions),
+            "started": context.create_time_since_epoch / 1000.0,
+        })
+    return runs
+
+
+def _run_contexts(store: metadata_store.MetadataStore) -> list[metadata_store_pb2.Context]:
+    contexts = store.get_contexts_by_type("pipeline_run")
+    return sorted(contexts, key=lambda c: (c.create_time_since_epoch, c.id), reverse=True)
+
+
+def _pipeline_of(store: metadata_store.MetadataStore, run: metadata_store_pb2.Context) -> str:
+    parents = store.get_parent_contexts_by_context(run.id)
+    return next((p.name for p in parents), "")
+
+
+def _run_status(executions: Iterable[metadata_store_pb2.Execution]) -> str:
+    states = {_STATES[e.last_known_state] for e in executions}
+    if "failed" in states:
+        return "failed"
+    if states <= {"complete", "cached"}:
+        return "succeeded"
+    return "running"
+
+
+def find_run(
+    store: metadata_store.MetadataStore, run_id: str = "latest"
+) -> metadata_store_pb2.Context:
+    """The pipeline_run context of a run id, or of the newest run for "latest"."""
+    contexts = _run_contexts(store)
+    if not contexts:
+        raise NoRunsError("no pipeline runs recorded yet: run `sightline run` first")
+    if run_id == "latest":
+        return contexts[0]
+    for context in contexts:
+        if context.name == run_id:
+            return context
+    raise NoRunsError(f"no run {run_id!r}; known runs: {[c.name for c in contexts[:5]]} ...")
+
+
+def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> dict[str, Any]:
+    """Everything a person asks after a run, as one JSON-able dict."""
+    run = find_run(store, run_id)
+    executions = sorted(
+        store.get_executions_by_context(run.id), key=lambda e: (e.create_time_since_epoch, e.id)
+    )
+    outputs = _output_artifacts(store, [e.id for e in executions])
+    summary: dict[str, Any] = {
+        "run_id": run.name,
+        "pipeline": _pipeline_of(store, run),
+        "status": _run_status(executions),
+        "components": [_component(store, e) for e in executions],
+    }
+    failed = [c for c in summary["components"] if c["status"] == "failed"]
+    if failed:
+        summary["failure"] = {"component": failed[0]["component"], "error": failed[0]["error"]}
+    for artifact, type_name in outputs:
+        if type_name == "Examples":
+            summary["examples"] = examples_record(artifact)
+        elif type_name == "ModelEvaluation":
+            summary["evaluation"] = evaluation_record(artifact.uri)
+        elif type_name == "ModelBlessing":
+            summary["blessed"] = bool(_custom(artifact).get("blessed", 0))
+        elif type_name == "PushedModel":
+            summary["pushed"] = pushed_record(artifact)
+        elif type_name == "Model":
+            summary["model"] = {"uri": artifact.uri, "artifact_id": artifact.id}
+    return summary
+
+
+def _component(
+    store: metadata_store.MetadataStore, execution: metadata_store_pb2.Execution
+) -> dict[str, Any]:
+    node = next(
+        (c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
+         if c.type == "node"),
+        str(execution.id),
+    )
+    record = {
+        "component": node,
+        "status": _STATES[execution.last_known_state],
+        "seconds": round(
+            (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1
+        ),
+        "execution_id": execution.id,
+    }
+    if record["status"] == "failed":
+        record["error"] = _execution_error(execution)
+    return record
+
+
+def _execution_error(execution: metadata_store_pb2.Execution) -> str:
+    """The failure message TFX stored with a failed execution."""
+    raw = _custom(execution).get("__execution_result__", "")
+    try:
+        return json.loads(raw).get("resultMessage", raw)
+    except (json.JSONDecodeError, AttributeError):
+        return str(raw)
+
+
+def _custom(item: Any) -> dict[str, Any]:
+    """An artifact's or execution's custom properties as plain Python values."""
+    values = {}
+    for key, value in item.custom_properties.items():
+        kind = value.WhichOneof("value")
+        values[key] = (
+            json.loads(json.dumps(dict(value.struct_value)))
+            if kind == "struct_value" else getattr(value, kind)
+        )
+    return values
+
+
+def _output_artifacts(
+    store: metadata_store.MetadataStore, execution_ids: list[int]
+) -> list[tuple[metadata_store_pb2.Artifact, str]]:
+    events = store.get_events_by_execution_ids(execution_ids)
+    ids = [e.artifact_id for e in events if e.type in _OUTPUT_EVENTS]
+    return _with_type_names(store, store.get_artifacts_by_id(ids)) if ids else []
+
+
+def _with_type_names(
+    store: metadata_store.MetadataStore, artifacts: list[metadata_store_pb2.Artifact]
+) -> list[tuple[metadata_store_pb2.Artifact, str]]:
+    types = {t.id: t.name for t in store.get_artifact_types_by_id({a.type_id for a in artifacts})}
+    return [(a, types[a.type_id]) for a in artifacts]
+
+
+def examples_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
+    """Per-split counts and content hashes, and the quarantine, of an Examples artifact."""
+    props = _custom(artifact)
+    splits = json.loads(artifact.properties["split_names"].string_value or "[]")
+    return {
+        "artifact_id": artifact.id,
+        "uri": artifact.uri,
+        "span": artifact.properties["span"].int_value,
+        "splits": {
+            split: {
+                "num_examples": props.get(
+                    coco_executor.NUM_EXAMPLES_PROPERTY.format(split=split)
+                ),
+                "content_hash": props.get(
+                    coco_executor.CONTENT_HASH_PROPERTY.format(split=split)
+                ),
+            }
+            for split in splits
+        },
+        "quarantined": props.get(coco_executor.QUARANTINED_PROPERTY, 0),
+        "quarantine_reasons": json.loads(
+            props.get(coco_executor.QUARANTINE_REASONS_PROPERTY, "{}")
+        ),
+        "quarantine_report": os.path.join(artifact.uri, coco_executor.QUARANTINE_FILE),
+    }
+
+
+def evaluation_record(uri: str) -> dict[str, Any]:
+    """Headline metrics per slice and any failed thresholds, from TFMA's output."""
+    import tensorflow_model_analysis as tfma  # slow import: only when there is an evaluation
+
+    slices: dict[str, dict[str, float]] = {}
+    for metrics in tfma.load_metrics(uri):
+        name = _slice_name(metrics.slice_key)
+        for kv in metrics.metric_keys_and_values:
+            if kv.key.HasField("sub_key") or kv.key.is_diff:
+                continue
+            if kv.value.HasField("double_value"):
+                slices.setdefault(name, {})[kv.key.name] = round(kv.value.double_value.value, 4)
+    validation = tfma.load_validation_result(uri)
+    failures = [
+        {
+            "slice": _slice_name(per_slice.slice_key),
+            "metric": failure.metric_key.name + (" (change)" if failure.metric_key.is_diff else ""),
+            "message": failure.message,
+        }
+        for per_slice in validation.metric_validations_per_slice
+        for failure in per_slice.failures
+    ]
+    return {
+        "overall": slices.get("overall", {}),
+        "slices": {k: v for k, v in sorted(slices.items()) if k != "overall"},
+        "validation_ok": validation.validation_ok,
+        "failed_thresholds": failures,
+        "missing_thresholds": [str(m) for m in validation.missing_thresholds],
+    }
+
+
+def _slice_name(slice_key: Any) -> str:
+    parts = [
+        f"{s.column}={getattr(s, s.WhichOneof('kind'))}" for s in slice_key.single_slice_keys
+    ]
+    return ",".join(parts) or "overall"
+
+
+def pushed_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
+    props = _custom(artifact)
+    return {
+        "pushed": bool(props.get("pushed", 0)),
+        "version": props.get("pushed_version"),
+        "destination": props.get("pushed_destination"),
+        "artifact_id": artifact.id,
+    }
+
+
+def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[str, Any]:
+    """Walks MLMD back from a pushed model version to the Examples it came from.
+
+    Returns the pushed model, every execution and artifact on the way (the lineage
+    edges), and the Examples artifacts reached with their content hashes.
+    """
+    pushed = [
+        a for a in store.get_artifacts_by_type("PushedModel")
+        if _custom(a).get("pushed_version") == str(pushed_version) and _custom(a).get("pushed")
+    ]
+    if not pushed:
+        raise NoRunsError(f"no pushed model with version {pushed_version!r}")
+    seen_artifacts: set[int] = set()
+    edges, examples = [], []
+    frontier = [pushed[0].id]
+    while frontier:
+        artifact_ids = [a for a in frontier if a not in seen_artifacts]
+        seen_artifacts.update(artifact_ids)
+        frontier = []
+        if not artifact_ids:
+            break
+        for artifact, type_name in _with_type_names(store, store.get_artifacts_by_id(artifact_ids)):
+            if type_name == "Examples":
+                examples.append(examples_record(artifact))
+        producing = [e for e in store.get_events_by_artifact_ids(artifact_ids)
+                     if e.type in _OUTPUT_EVENTS]
+        for event in producing:
+            execution = store.get_executions_by_id([event.execution_id])[0]
+            node = _component(store, execution)["component"]
+            for inp in store.get_events_by_execution_ids([execution.id]):
+                key = inp.path.steps[0].key if inp.path.steps else ""
+                if inp.type in _INPUT_EVENTS and key not in _NOT_LINEAGE_INPUTS:
+                    edges.append({"from_artifact": inp.artifact_id, "execution": node,
+                                  "input": key, "to_artifact": event.artifact_id})
+                    frontier.append(inp.artifact_id)
+    return {
+        "pushed_model": pushed_record(pushed[0]),
+        "edges": edges,
+        "examples": sorted(examples, key=lambda e: e["artifact_id"]),
+    }

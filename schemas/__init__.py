@@ -1,0 +1,6 @@
+import os
+
+# tfmot QAT and TFMA need Keras 2 (tf_keras); this must be set before TensorFlow loads.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+DEFAULT_SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.pbtxt")

@@ -1,0 +1,100 @@
+"""The curated TFDV schema: drafting it from data, and reading the label space from it.
+
+The pipeline imports a reviewed schema file (``schemas/schema.pbtxt``) rather than
+inferring one per run, so a silent change in the data (a new class, a new camera, boxes
+outside the image) is an anomaly instead of a new normal. ``draft_schema`` applies the
+feature spec's knowledge to TFDV's inference; a person reviews the diff before commit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
+
+from data import coco
+from data import feature_spec as fs
+from schemas import DEFAULT_SCHEMA_PATH
+
+TRAINING, SERVING = "TRAINING", "SERVING"
+
+_OBJECT_KEYS = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX, fs.CLASS_LABEL,
+                fs.CLASS_TEXT, fs.AREA, fs.IS_CROWD)
+_UNIQUE_PER_IMAGE = (fs.IMAGE_ENCODED, fs.IMAGE_SOURCE_ID, fs.IMAGE_SHA256, fs.IMAGE_FILENAME)
+_UNIT_INTERVAL = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX,
+                  fs.STATS_BRIGHTNESS, fs.STATS_CONTRAST)
+
+
+def draft_schema(
+    stats: statistics_pb2.DatasetFeatureStatisticsList, class_names: Sequence[str]
+) -> schema_pb2.Schema:
+    """TFDV's inferred schema, tightened with what the feature spec knows."""
+    schema = tfdv.infer_schema(stats, infer_feature_shape=False)
+    features = {f.name: f for f in schema.feature}
+    for key in _OBJECT_KEYS:  # an image may hold no objects: no per-image count rule
+        features[key].ClearField("value_count")
+    for key in _UNIQUE_PER_IMAGE:  # ids and bytes: a vocabulary of them is meaningless
+        features[key].ClearField("domain_info")
+    for key in _UNIT_INTERVAL:
+        features[key].float_domain.min = 0.0
+        features[key].float_domain.max = 1.0
+    label = features[fs.CLASS_LABEL]
+    label.int_domain.min, label.int_domain.max = 1, len(class_names)
+    label.int_domain.is_categorical = True
+    _set_string_domain(schema, features[fs.CLASS_TEXT], "class_names", class_names)
+    _set_string_domain(schema, features[fs.IMAGE_FORMAT], "image_formats", ("jpeg", "png"))
+    # Labels are absent at serving time: the same schema validates serving requests.
+    schema.default_environment.extend([TRAINING, SERVING])
+    for key in _OBJECT_KEYS:
+        features[key].not_in_environment.append(SERVING)
+    return schema
+
+
+def _set_string_domain(
+    schema: schema_pb2.Schema, feature: schema_pb2.Feature, name: str, values: Sequence[str]
+) -> None:
+    """Replaces a feature's domain with a named, ordered global string domain."""
+    kept = [d for d in schema.string_domain if d.name not in (feature.domain, name)]
+    del schema.string_domain[:]
+    schema.string_domain.extend(kept)
+    schema.string_domain.add(name=name, value=list(values))
+    feature.ClearField("string_domain")
+    feature.domain = name
+
+
+def class_names(schema_path: str = DEFAULT_SCHEMA_PATH) -> list[str]:
+    """Class names in label order (label i+1 is names[i]): the schema is the label space."""
+    schema = tfdv.load_schema_text(schema_path)
+    domain_name = next(f.domain for f in schema.feature if f.name == fs.CLASS_TEXT)
+    names = next((list(d.value) for d in schema.string_domain if d.name == domain_name), None)
+    if not names:
+        raise ValueError(
+            f"{schema_path}: feature {fs.CLASS_TEXT!r} needs a named string domain listing the "
+            "class names in label order (`sightline schema infer` writes one)"
+        )
+    return names
+
+
+def draft_from_dataset(annotations_path: str) -> tuple[schema_pb2.Schema, int]:
+    """A draft schema for a COCO dataset, and how many of its records were quarantined."""
+    dataset = coco.load_annotations(annotations_path)
+    label_map = coco.label_map_of(dataset, annotations_path)
+    records, quarantined = coco.plan_records(dataset, label_map)
+    image_dir = os.path.dirname(annotations_path)
+    unreadable = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tfrecord = os.path.join(tmp, "examples.tfrecord")
+        with tf.io.TFRecordWriter(tfrecord) as writer:
+            for record in records:
+                try:
+                    example = coco.record_to_example(record, image_dir, label_map)
+                except coco.RecordError:
+                    unreadable += 1
+                    continue
+                writer.write(example.SerializeToString())
+        stats = tfdv.generate_statistics_from_tfrecord(tfrecord)
+    return draft_schema(stats, label_map.names), len(quarantined) + unreadable

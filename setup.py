@@ -1,0 +1,28 @@
+"""Sightline: a TFX pipeline from labelled COCO images to a served object detector."""
+
+from setuptools import setup
+
+# The top-level folders are the packages, like the TFX templates (ARCHITECTURE.md §1).
+PACKAGES = ["components", "data", "pipelines", "schemas", "serving", "trainer"]
+
+setup(
+    name="sightline",
+    version="0.1.0",
+    description="Object detection from COCO images to TF Serving, orchestrated as a TFX DAG",
+    python_requires=">=3.9",
+    packages=[p for p in PACKAGES] + ["components.coco_example_gen", "components.anomaly_gate"],
+    package_data={"schemas": ["*.pbtxt"]},
+    install_requires=[
+        "tfx[kfp]==1.16.0",
+        "tf-keras",
+        "tensorflow-model-optimization",
+        "pycocotools",
+        "tflite-runtime",
+        "pillow",
+        "click",
+        "rich",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "ruff"]},
+    entry_points={"console_scripts": ["sightline = pipelines.cli:main"]},
+)
