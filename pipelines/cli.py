@@ -11,11 +11,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines import configs
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 _HOME = click.option(
     "--home", default=None, help="Sightline home (default $SIGHTLINE_HOME or ./.sightline)."
 )
@@ -71,7 +72,7 @@ def run(config_name, overrides, data_root, pattern, beam_mode, verbose, home, as
     _emit(summary, as_json, render_summary)
     if failed is not None:
         if "failure" not in summary:
-            console.print(f"[red]Run failed:[/] {failed}")
+            console.print(f"[red]Run failed:[/] {escape(str(failed))}")
         sys.exit(1)
 
 
@@ -239,7 +240,7 @@ def render_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     if "failure" in summary:
         failure = summary["failure"]
-        console.print(f"[red]{failure['component']} failed:[/] {failure['error']}")
+        console.print(f"[red]{failure['component']} failed:[/] {escape(failure['error'])}")
     examples = summary.get("examples")
     if examples:
         _print_splits(examples["splits"])
@@ -250,7 +251,8 @@ def render_summary(summary: dict[str, Any]) -> None:
         console.print("metrics (overall): " + ", ".join(
             f"{k} {v:.3f}" for k, v in sorted(evaluation["overall"].items())))
         for failure in evaluation["failed_thresholds"]:
-            console.print(f"[red]gate failed[/] on {failure['slice']}: {failure['message']}")
+            message = escape(failure["message"])
+            console.print(f"[red]gate failed[/] on {failure['slice']}: {message}")
     if "blessed" in summary:
         console.print(f"blessed: {'yes' if summary['blessed'] else '[red]no[/]'}")
     pushed = summary.get("pushed")

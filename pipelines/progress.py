@@ -56,11 +56,13 @@ def component_progress(console: Console, verbose: bool = False) -> Iterator[None
     """Shows one line per component while a LocalDagRunner run is under way."""
     absl_logger = logging.getLogger("absl")
     handler = _ComponentProgress(console)
-    absl_handler = absl_logging.get_absl_handler()
-    previous_level = absl_handler.level
+    # TFX logs through absl and Beam through the root logger: quiet both terminals.
+    quieted = [] if verbose else [absl_logging.get_absl_handler(), *logging.getLogger().handlers]
+    previous_levels = [h.level for h in quieted]
+    previous_verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.INFO)
-    if not verbose:
-        absl_handler.setLevel(logging.WARNING)
+    for h in quieted:
+        h.setLevel(max(h.level, logging.WARNING))
     absl_logger.addHandler(handler)
     try:
         yield
@@ -69,4 +71,6 @@ def component_progress(console: Console, verbose: bool = False) -> Iterator[None
         raise
     finally:
         absl_logger.removeHandler(handler)
-        absl_handler.setLevel(previous_level)
+        for h, level in zip(quieted, previous_levels, strict=True):
+            h.setLevel(level)
+        absl_logging.set_verbosity(previous_verbosity)

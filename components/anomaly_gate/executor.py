@@ -1,4 +1,9 @@
-"""Executor of AnomalyGate: read each gated split's anomalies and fail with all of them."""
+"""Executor of AnomalyGate: read each gated split's anomalies and fail with all of them.
+
+It fails by returning an ExecutorOutput with a non-zero code rather than raising: TFX
+then stores the message on the failed execution in ML Metadata (an exception raised in
+process would fail the run but leave MLMD without the reason).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ from typing import Any
 from tensorflow_data_validation.utils import anomalies_util
 from tfx import types
 from tfx.dsl.components.base import base_executor
+from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 
 ANOMALIES_KEY = "anomalies"
 SPLITS_KEY = "splits"
 _ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes per split
 
-
-class DataAnomalyError(RuntimeError):
-    """The data broke the curated schema; training would learn from bad data."""
+# google.rpc.Code FAILED_PRECONDITION: the data, not the system, is at fault.
+FAILED_PRECONDITION = 9
 
 
 class Executor(base_executor.BaseExecutor):
@@ -25,15 +30,20 @@ class Executor(base_executor.BaseExecutor):
         input_dict: dict[str, list[types.Artifact]],
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
-    ) -> None:
+    ) -> execution_result_pb2.ExecutorOutput | None:
         anomalies = artifact_utils.get_single_instance(input_dict[ANOMALIES_KEY])
         found = {
             split: describe_anomalies(split_anomalies(anomalies, split))
             for split in exec_properties[SPLITS_KEY].split(",")
         }
         found = {split: lines for split, lines in found.items() if lines}
-        if found:
-            raise DataAnomalyError(_message(found))
+        if not found:
+            return None
+        return execution_result_pb2.ExecutorOutput(
+            execution_result=execution_result_pb2.ExecutionResult(
+                code=FAILED_PRECONDITION, result_message=_message(found)
+            )
+        )
 
 
 def split_anomalies(anomalies: types.Artifact, split: str):

@@ -1,0 +1,107 @@
+"""The real DAG on tiny data: LocalDagRunner, Beam DirectRunner, MLMD in SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from rich.console import Console
+
+from pipelines import configs, kubeflow_runner, local_runner, runs
+
+PIPELINE_COMPONENTS = {
+    "CocoExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
+    "Trainer", "Evaluator", "Pusher",
+}
+
+
+def _run(home: str, *overrides: str) -> tuple[dict, Exception | None]:
+    config = configs.load("tiny", overrides)
+    error = None
+    try:
+        local_runner.run(config, home, Console(quiet=True))
+    except Exception as e:  # the summary must explain it
+        error = e
+    store = runs.connect(configs.Paths(home, config.pipeline_name).metadata)
+    return runs.summarize(store), error
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[str, dict]:
+    """One full run of the tiny config, shared by the tests that inspect its results."""
+    home = str(tmp_path_factory.mktemp("home"))
+    summary, error = _run(home)
+    assert error is None, summary.get("failure")
+    return home, summary
+
+
+def test_whole_dag_pushes_a_model(tiny_run):
+    home, summary = tiny_run
+    assert summary["status"] == "succeeded"
+    assert {c["component"] for c in summary["components"]} >= PIPELINE_COMPONENTS
+    assert all(c["status"] == "complete" for c in summary["components"])
+    splits = summary["examples"]["splits"]
+    assert splits["train"]["num_examples"] + splits["eval"]["num_examples"] == 48
+    assert all(len(s["content_hash"]) == 64 for s in splits.values())
+    assert "mAP" in summary["evaluation"]["overall"]
+    assert summary["blessed"] is True
+    pushed = summary["pushed"]
+    assert pushed["pushed"]
+    version_dir = os.path.join(configs.Paths(home, "sightline-tiny").serving_model_dir,
+                               pushed["version"])
+    assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+
+
+def test_lineage_reaches_the_examples_hashes(tiny_run):
+    home, summary = tiny_run
+    store = runs.connect(configs.Paths(home, "sightline-tiny").metadata)
+    record = runs.lineage(store, summary["pushed"]["version"])
+    assert [e["splits"] for e in record["examples"]] == [summary["examples"]["splits"]]
+    executions = {edge["execution"] for edge in record["edges"]}
+    assert {"Pusher", "Trainer", "Evaluator"} <= executions
+
+
+def test_summary_is_json_from_the_cli(tiny_run):
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    home, summary = tiny_run
+    result = CliRunner().invoke(main, ["runs", "show", "latest", "--json", "--home", home])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["run_id"] == summary["run_id"] and shown["pushed"] == summary["pushed"]
+
+
+def test_schema_anomaly_stops_the_run_before_training(tmp_path):
+    summary, error = _run(str(tmp_path), "synthetic.scenario=unknown_class")
+    assert error is not None
+    assert summary["status"] == "failed"
+    ran = {c["component"]: c["status"] for c in summary["components"]}
+    assert ran["AnomalyGate"] == "failed"
+    assert "Trainer" not in ran  # stopped before training
+    failure = summary["failure"]
+    assert failure["component"] == "AnomalyGate"
+    assert "image/object/class/label" in failure["error"]
+    assert "hexagon" in failure["error"]
+
+
+def test_kubeflow_compile_names_every_component(tmp_path):
+    output = str(tmp_path / "sightline.json")
+    kubeflow_runner.compile_pipeline(
+        configs.load("default"), output, "gs://bucket/root", "gs://bucket/data",
+        "gs://bucket/serving",
+    )
+    with open(output) as f:
+        spec = json.load(f)
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert PIPELINE_COMPONENTS <= set(tasks)
+    assert "AnomalyGate" in tasks["Trainer"]["dependentTasks"]
+
+
+def test_kubeflow_rejects_invalid_pipeline_names(tmp_path):
+    config = configs.load("default", ["pipeline_name=my_pipeline"])
+    with pytest.raises(ValueError, match="not a valid Kubeflow name"):
+        kubeflow_runner.compile_pipeline(config, str(tmp_path / "x.json"), "gs://b", "gs://b",
+                                         "gs://b")
