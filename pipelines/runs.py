@@ -226,7 +226,8 @@ def evaluation_record(uri: str) -> dict[str, Any]:
         "slices": {k: v for k, v in sorted(slices.items()) if k != "overall"},
         "validation_ok": validation.validation_ok,
         "failed_thresholds": failures,
-        "missing_thresholds": [str(m) for m in validation.missing_thresholds],
+        # First run: no baseline, so change thresholds are skipped ("rubber stamp").
+        "rubber_stamp": validation.rubber_stamp,
     }
 
 
