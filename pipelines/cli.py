@@ -208,6 +208,9 @@ def compile_cmd(
 
 
 # --- rendering -----------------------------------------------------------------------------
+HEADLINE_METRICS = ("mAP", "mAP50", "mAP75", "AR100", "example_count")
+
+
 def _metadata(home: str | None) -> str:
     return os.path.join(configs.home_dir(home), "metadata.sqlite")
 
@@ -248,8 +251,9 @@ def render_summary(summary: dict[str, Any]) -> None:
                       f"(report: {examples['quarantine_report']})")
     evaluation = summary.get("evaluation")
     if evaluation:
+        overall = evaluation["overall"]
         console.print("metrics (overall): " + ", ".join(
-            f"{k} {v:.3f}" for k, v in sorted(evaluation["overall"].items())))
+            f"{k} {overall[k]:.3f}" for k in HEADLINE_METRICS if k in overall))
         for failure in evaluation["failed_thresholds"]:
             message = escape(failure["message"])
             console.print(f"[red]gate failed[/] on {failure['slice']}: {message}")

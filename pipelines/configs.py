@@ -51,7 +51,6 @@ class RunConfig:
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     map_floor: float = 0.3
     max_map_regression: float = 0.01
-    eval_num_thresholds: int = 100
     # Beam: "in_memory" or "multi_processing" locally; extra args reach any runner
     # (e.g. --runner=DataflowRunner --project=... for the same DAG on Dataflow).
     beam_direct_running_mode: str = "in_memory"
@@ -79,7 +78,6 @@ def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
         "split_buckets": config.split_buckets,
         "map_floor": config.map_floor,
         "max_map_regression": config.max_map_regression,
-        "eval_num_thresholds": config.eval_num_thresholds,
     }
 
 

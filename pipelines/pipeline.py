@@ -18,6 +18,7 @@ from data import feature_spec as fs
 
 TRAINER_RUN_FN = "trainer.task.run_fn"
 MAP_METRIC = "mAP"  # the gated metric: COCO AP@[.5:.95]
+COCO_METRICS_MODULE = "components.coco_eval.metric"
 
 
 def create_pipeline(
@@ -33,7 +34,6 @@ def create_pipeline(
     split_buckets: dict[str, int] | None = None,
     map_floor: float = 0.0,
     max_map_regression: float = 0.01,
-    eval_num_thresholds: int = 100,
     metadata_connection_config: Any = None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,
@@ -48,8 +48,6 @@ def create_pipeline(
       serving_model_dir: TF Serving model base path; versions are pushed below it.
       map_floor: absolute mAP a model needs to be blessed.
       max_map_regression: allowed mAP drop versus the latest blessed model.
-      eval_num_thresholds: score bins of TFMA's COCO metric (its default 10,000 is ~50x
-        slower for no visible gain, see README).
     """
     # Ingest COCO images and boxes; bad records are quarantined, splits are hashed.
     example_gen = CocoExampleGen(
@@ -81,16 +79,13 @@ def create_pipeline(
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
-    # COCO mAP overall and per slice; blesses the model only if the gates hold.
+    # Exact COCO mAP overall and per slice; blesses the model only if the gates hold.
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"],
         eval_config=eval_config(
-            num_classes=len(class_names),
-            map_floor=map_floor,
-            max_map_regression=max_map_regression,
-            num_thresholds=eval_num_thresholds,
+            class_names=class_names, map_floor=map_floor, max_map_regression=max_map_regression
         ),
         schema=schema_gen.outputs["schema"],
     )
@@ -116,17 +111,14 @@ def create_pipeline(
 
 
 def eval_config(
-    *, num_classes: int, map_floor: float, max_map_regression: float, num_thresholds: int
+    *, class_names: Sequence[str], map_floor: float, max_map_regression: float
 ) -> tfma.EvalConfig:
-    """TFMA config: COCO mAP/AR sliced overall and by metadata; gates on the overall slice."""
-    coco_layout = {
-        "class_ids": list(range(1, num_classes + 1)),
-        "max_num_detections": 100,
-        "labels_to_stack": [fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX,
-                            fs.CLASS_LABEL],
-        "predictions_to_stack": ["detections"],
-        "num_detections_key": "num_detections",
-    }
+    """TFMA config: exact COCO metrics sliced overall and by metadata; gates on overall.
+
+    ``CocoDetectionMetrics`` reproduces pycocotools' COCOeval (crowd and area-range
+    ignore semantics, 101-point AP) in one pass per slice; TFMA's built-in COCO metrics
+    approximate it and took 121.6 s instead of 8.5 s on 300 images here.
+    """
     overall = tfma.SlicingSpec()
     # Gates apply to the overall slice only: a tiny slice must not veto a blessing by noise.
     map_gate = tfma.PerSliceMetricThreshold(
@@ -141,19 +133,10 @@ def eval_config(
     )
     metrics = [
         tfma.MetricConfig(
-            class_name="COCOMeanAveragePrecision",
-            config=json.dumps({**coco_layout, "name": MAP_METRIC,
-                               "num_thresholds": num_thresholds}),
+            class_name="CocoDetectionMetrics",
+            module=COCO_METRICS_MODULE,
+            config=json.dumps({"class_names": list(class_names), "name": MAP_METRIC}),
             per_slice_thresholds=[map_gate],
-        ),
-        tfma.MetricConfig(
-            class_name="COCOMeanAveragePrecision",
-            config=json.dumps({**coco_layout, "name": "mAP50", "iou_thresholds": [0.5],
-                               "num_thresholds": num_thresholds}),
-        ),
-        tfma.MetricConfig(
-            class_name="COCOMeanAverageRecall",
-            config=json.dumps({**coco_layout, "name": "AR100"}),
         ),
         tfma.MetricConfig(class_name="ExampleCount"),
     ]
