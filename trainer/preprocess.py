@@ -1,0 +1,31 @@
+"""The one image preprocessing function, used by tf.data and by every export signature.
+
+Training, ``serving_default`` and ``serving_examples`` all call ``preprocess_image``, so
+training/serving skew in preprocessing is impossible by construction.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def preprocess_image(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes (scalar string) -> float32 [input_size, input_size, 3] in [0, 1].
+
+    The image is stretched to the square input (no letterbox), so normalized boxes are
+    unchanged by preprocessing and decoded boxes map straight back to the original image.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, (input_size, input_size), method="bilinear", antialias=True)
+    image = tf.clip_by_value(image, 0.0, 1.0)  # antialiased resampling can overshoot
+    return tf.ensure_shape(image, (input_size, input_size, 3))
+
+
+def preprocess_batch(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
+    """A [B] batch of encoded images -> float32 [B, input_size, input_size, 3]."""
+    return tf.map_fn(
+        lambda e: preprocess_image(e, input_size),
+        encoded,
+        fn_output_signature=tf.TensorSpec((input_size, input_size, 3), tf.float32),
+    )
