@@ -232,9 +232,11 @@ def evaluation_record(uri: str) -> dict[str, Any]:
 
 
 def _slice_name(slice_key: Any) -> str:
-    parts = [
-        f"{s.column}={getattr(s, s.WhichOneof('kind'))}" for s in slice_key.single_slice_keys
-    ]
+    """``meta/camera=cam-a`` style names; "overall" for the unsliced key."""
+    parts = []
+    for single in slice_key.single_slice_keys:
+        value = getattr(single, single.WhichOneof("kind"))
+        parts.append(f"{single.column}={value.decode() if isinstance(value, bytes) else value}")
     return ",".join(parts) or "overall"
 
 

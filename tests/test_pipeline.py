@@ -45,6 +45,10 @@ def test_whole_dag_pushes_a_model(tiny_run):
     assert splits["train"]["num_examples"] + splits["eval"]["num_examples"] == 48
     assert all(len(s["content_hash"]) == 64 for s in splits.values())
     assert "mAP" in summary["evaluation"]["overall"]
+    slices = summary["evaluation"]["slices"]
+    assert {name.split("=")[0] for name in slices} == {"meta/camera", "meta/lighting"}
+    assert "meta/lighting=day" in slices  # readable values, not b'day'
+    assert all(s["example_count"] >= 1 for s in slices.values())
     assert summary["blessed"] is True
     pushed = summary["pushed"]
     assert pushed["pushed"]
