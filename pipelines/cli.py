@@ -127,8 +127,10 @@ def lineage(pushed_version, home, as_json) -> None:
             f"Pushed model version [bold]{pushed['version']}[/] at {pushed['destination']}"
         )
         for edge in rec["edges"]:
-            console.print(f"  artifact {edge['to_artifact']} <- {edge['execution']} "
-                          f"<- [{edge['input']}] artifact {edge['from_artifact']}")
+            console.print(
+                f"  {edge['to_type']} {edge['to_artifact']} <- {edge['execution']} <- "
+                f"{escape(edge['input'])}: {edge['from_type']} {edge['from_artifact']}"
+            )
         for ex in rec["examples"]:
             console.print(f"Examples {ex['artifact_id']} (span {ex['span']}) {ex['uri']}")
             _print_splits(ex["splits"])

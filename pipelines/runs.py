@@ -263,6 +263,7 @@ def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[st
     if not pushed:
         raise NoRunsError(f"no pushed model with version {pushed_version!r}")
     seen_artifacts: set[int] = set()
+    type_names: dict[int, str] = {}
     edges, examples = [], []
     frontier = [pushed[0].id]
     while frontier:
@@ -272,6 +273,7 @@ def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[st
         if not artifact_ids:
             break
         for artifact, type_name in _with_type_names(store, store.get_artifacts_by_id(artifact_ids)):
+            type_names[artifact.id] = type_name
             if type_name == "Examples":
                 examples.append(examples_record(artifact))
         producing = [e for e in store.get_events_by_artifact_ids(artifact_ids)
@@ -285,6 +287,9 @@ def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[st
                     edges.append({"from_artifact": inp.artifact_id, "execution": node,
                                   "input": key, "to_artifact": event.artifact_id})
                     frontier.append(inp.artifact_id)
+    for edge in edges:
+        edge["from_type"] = type_names[edge["from_artifact"]]
+        edge["to_type"] = type_names[edge["to_artifact"]]
     return {
         "pushed_model": pushed_record(pushed[0]),
         "edges": edges,

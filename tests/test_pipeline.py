@@ -64,6 +64,10 @@ def test_lineage_reaches_the_examples_hashes(tiny_run):
     assert [e["splits"] for e in record["examples"]] == [summary["examples"]["splits"]]
     executions = {edge["execution"] for edge in record["edges"]}
     assert {"Pusher", "Trainer", "Evaluator"} <= executions
+    assert {"from_artifact": record["examples"][0]["artifact_id"], "execution": "Trainer",
+            "input": "examples", "from_type": "Examples", "to_type": "Model"}.items() <= {
+        k: v for e in record["edges"] if e["execution"] == "Trainer" and e["input"] == "examples"
+        for k, v in e.items()}.items()
 
 
 def test_summary_is_json_from_the_cli(tiny_run):
