@@ -16,8 +16,9 @@ from trainer.model import OUTPUT_STRIDE
 from trainer.preprocess import preprocess_image
 from trainer.targets import encode_targets
 
-# Random zoom: the crop window side as a fraction of the image (> 1 zooms out).
-SCALE_RANGE = (0.6, 1.4)
+# Random zoom: the crop window side as a fraction of the image (> 1 zooms out). Kept
+# mild: with a ~700-step budget the model underfits, and (0.6, 1.4) cost a third of mAP.
+SCALE_RANGE = (0.85, 1.15)
 # A box cropped to less than this fraction of its area is dropped (mostly off-image).
 MIN_VISIBLE_FRACTION = 0.3
 FILL_VALUE = 0.5  # grey where zooming out leaves no pixels
