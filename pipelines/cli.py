@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -63,8 +64,11 @@ def run(config_name, overrides, data_root, pattern, beam_mode, verbose, home, as
     config = configs.load(config_name, overrides)
     home = configs.home_dir(home)
     failed = None
+    # Keras and Beam print progress on stdout: keep it for the summary alone with --json.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        local_runner.run(config, home, console, verbose=verbose)
+        with quiet_stdout:
+            local_runner.run(config, home, console, verbose=verbose)
     except Exception as e:  # the summary below names the component and the reason
         failed = e
     store = runs.connect(configs.Paths(home, config.pipeline_name).metadata)
