@@ -76,7 +76,8 @@ def main() -> None:
     }
     _print_table(result)
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"pipeline_bench-{args.config}.json")
+    variant = "".join(f"-{o.replace('=', '-').replace('.', '_')}" for o in args.overrides)
+    path = os.path.join(RESULTS_DIR, f"pipeline_bench-{args.config}{variant}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"\nwrote {path}")
