@@ -125,4 +125,9 @@ def make_dataset(patterns: list[str], config: TrainConfig, training: bool) -> tf
         return image, encode_targets(boxes, classes, grid, config.num_classes)
 
     ds = ds.map(to_targets, tf.data.AUTOTUNE)
-    return ds.batch(config.batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(config.batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    # Shard by element: the default (FILE) policy needs at least one file per worker,
+    # and a split is often a single TFRecord file.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
