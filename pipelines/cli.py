@@ -255,6 +255,10 @@ def render_summary(summary: dict[str, Any]) -> None:
         _print_splits(examples["splits"])
         console.print(f"quarantined {examples['quarantined']} {examples['quarantine_reasons']}  "
                       f"(report: {examples['quarantine_report']})")
+    model = summary.get("model")
+    if model and model["hparams"]:
+        console.print("hparams: " + escape(", ".join(
+            f"{k}={v}" for k, v in model["hparams"].items())))
     evaluation = summary.get("evaluation")
     if evaluation:
         overall = evaluation["overall"]

@@ -11,10 +11,12 @@ from typing import Any
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
 from components.anomaly_gate import AnomalyGate
 from components.coco_example_gen import CocoExampleGen
 from data import feature_spec as fs
+from trainer import executor as trainer_executor
 
 TRAINER_RUN_FN = "trainer.task.run_fn"
 MAP_METRIC = "mAP"  # the gated metric: COCO AP@[.5:.95]
@@ -63,7 +65,7 @@ def create_pipeline(
     )
     # Anomalies stop the run here, naming them, instead of training on bad data.
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
-    # Train the detector and export the serving signatures.
+    # Train the detector, export the serving signatures, record its hparams in MLMD.
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN,
         examples=example_gen.outputs["examples"],
@@ -71,6 +73,7 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={**train_config, "class_names": list(class_names)},
+        custom_executor_spec=executor_spec.ExecutorClassSpec(trainer_executor.Executor),
     )
     trainer.add_upstream_node(anomaly_gate)
     # The latest blessed model, the baseline a candidate must not regress against.

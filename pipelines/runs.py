@@ -15,6 +15,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.coco_example_gen import executor as coco_executor
+from trainer import executor as trainer_executor
 
 _STATES = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -111,7 +112,7 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> di
         elif type_name == "PushedModel":
             summary["pushed"] = pushed_record(artifact)
         elif type_name == "Model":
-            summary["model"] = {"uri": artifact.uri, "artifact_id": artifact.id}
+            summary["model"] = model_record(artifact)
     return summary
 
 
@@ -238,6 +239,16 @@ def _slice_name(slice_key: Any) -> str:
         value = getattr(single, single.WhichOneof("kind"))
         parts.append(f"{single.column}={value.decode() if isinstance(value, bytes) else value}")
     return ",".join(parts) or "overall"
+
+
+def model_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
+    """A Model artifact and the hyperparameters its Trainer recorded (``hparam_<key>``)."""
+    prefix = trainer_executor.HPARAM_PREFIX
+    hparams = {
+        key.removeprefix(prefix): value
+        for key, value in sorted(_custom(artifact).items()) if key.startswith(prefix)
+    }
+    return {"uri": artifact.uri, "artifact_id": artifact.id, "hparams": hparams}
 
 
 def pushed_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from pipelines import configs, kubeflow_runner, local_runner, runs
+from trainer import export
 
 PIPELINE_COMPONENTS = {
     "CocoExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
@@ -83,6 +84,29 @@ def test_runs_show_repeats_the_run_summary(tiny_run):
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["run_id"] == summary["run_id"] and shown["pushed"] == summary["pushed"]
+
+
+def test_model_artifact_records_the_exported_hparams(tiny_run):
+    from click.testing import CliRunner
+    from tfx.utils import path_utils
+
+    from pipelines.cli import main
+
+    home, summary = tiny_run
+    store = runs.connect(configs.Paths(home, "sightline-tiny").metadata)
+    [model] = store.get_artifacts_by_id([summary["model"]["artifact_id"]])
+    model_dir = path_utils.serving_model_path(model.uri)
+    with open(os.path.join(model_dir, export.ASSETS_EXTRA, export.HPARAMS_FILE)) as f:
+        hparams = json.load(f)
+    custom = model.custom_properties
+    assert custom["hparam_input_size"].int_value == hparams["input_size"]
+    assert custom["hparam_seed"].int_value == hparams["seed"]
+    assert custom["hparam_learning_rate"].double_value == hparams["learning_rate"]
+    assert json.loads(custom["hparam_class_names"].string_value) == hparams["class_names"]
+    assert set(summary["model"]["hparams"]) == set(hparams)  # what `runs show --json` reports
+    result = CliRunner().invoke(main, ["runs", "show", "latest", "--home", home])
+    assert result.exit_code == 0, result.output
+    assert f"input_size={hparams['input_size']}" in result.output
 
 
 def test_schema_anomaly_stops_the_run_before_training(tmp_path):
