@@ -1,6 +1,6 @@
 """Sightline: a TFX pipeline from labelled COCO images to a served object detector."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # The top-level folders are the packages, like the TFX templates (ARCHITECTURE.md §1).
 PACKAGES = ["components", "data", "pipelines", "schemas", "serving", "trainer"]
@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="Object detection from COCO images to TF Serving, orchestrated as a TFX DAG",
     python_requires=">=3.9",
-    packages=[p for p in PACKAGES] + ["components.coco_example_gen", "components.anomaly_gate"],
+    packages=find_packages(include=[q for p in PACKAGES for q in (p, f"{p}.*")]),
     package_data={"schemas": ["*.pbtxt"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
