@@ -23,6 +23,12 @@ MAP_METRIC = "mAP"  # the gated metric: COCO AP@[.5:.95]
 COCO_METRICS_MODULE = "components.coco_eval.metric"
 
 
+class Trainer(tfx.components.Trainer):
+    """TFX's Trainer whose executor also records the model's hparams in MLMD."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(trainer_executor.Executor)
+
+
 def create_pipeline(
     *,
     pipeline_name: str,
@@ -66,14 +72,13 @@ def create_pipeline(
     # Anomalies stop the run here, naming them, instead of training on bad data.
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
     # Train the detector, export the serving signatures, record its hparams in MLMD.
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         run_fn=TRAINER_RUN_FN,
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={**train_config, "class_names": list(class_names)},
-        custom_executor_spec=executor_spec.ExecutorClassSpec(trainer_executor.Executor),
     )
     trainer.add_upstream_node(anomaly_gate)
     # The latest blessed model, the baseline a candidate must not regress against.
