@@ -26,7 +26,7 @@ LOSS_NAMES = ("loss", "heatmap_loss", "size_loss", "offset_loss")
 GLOBAL_CLIPNORM = 10.0
 # Decoupled weight decay shrinks conv kernels only; decaying BN scales and biases hurts.
 NO_DECAY = ("_bn/", "bias")
-NUM_VALIDATIONS = 5  # evaluate ~5 times per run (always after the last epoch)
+NUM_VALIDATIONS = 3  # evaluate at most 3 times per run (always after the last epoch)
 # BackupAndRestore saves every this many steps so a killed run resumes mid-epoch: ~25 s of
 # default training per save, and a save costs ~0.2 s.
 BACKUP_EVERY_STEPS = 50
@@ -171,8 +171,8 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
         RaiseOnNaN(),
     ]
 
-    # --- fit; validate ~NUM_VALIDATIONS times, always after the last epoch ------------
-    every = max(1, config.epochs // NUM_VALIDATIONS)
+    # --- fit; validate <= NUM_VALIDATIONS times, always after the last epoch ----------
+    every = math.ceil(config.epochs / NUM_VALIDATIONS)
     validation_epochs = sorted({*range(every, config.epochs + 1, every), config.epochs})
     history = trainer.fit(
         make_dataset(train_files, config, training=True),
