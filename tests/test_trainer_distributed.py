@@ -131,7 +131,6 @@ def test_multi_worker_mirrored_workers_end_with_identical_weights(launch, tmp_pa
     assert chief["final_hash"] == other["final_hash"]
 
 
-@pytest.mark.slow
 def test_killed_trainer_resumes_mid_epoch_from_its_backup(launch, tmp_path):
     epochs, steps, backup_every, kill_after = 3, 30, 4, 14
     last_backup = kill_after // backup_every * backup_every  # 12: epoch 2, batch 2 of 10
