@@ -1,0 +1,215 @@
+"""Trains each detector size on the default dataset with the default budget and scores it.
+
+    .venv/bin/python benchmarks/train_bench.py                          # small and medium
+    .venv/bin/python benchmarks/train_bench.py --sizes small --set epochs=4
+
+The dataset is the pipeline's default (``pipelines/configs.py``), generated once into
+``.sightline/bench-data`` and split exactly as CocoExampleGen splits it (TFX's hash
+partition on ``image/source_id``, 4:1). Each size trains with the default ``TrainConfig``
+(plus ``--set`` overrides), is exported, and is scored on the eval split through the
+exported ``serving_examples`` signature, the path TFMA takes, with the COCO metric the
+Evaluator uses. Prints a table and writes ``benchmarks/results/train_bench.json``:
+
+* ``train_images_per_s``: training images over the whole ``train()`` wall time
+  (tracing and periodic validation included, so it is what a budget is planned with);
+* ``gflops_per_image``: forward-pass FLOPs (x2 MACs) at the input size, from TF's profiler;
+* ``matmul_fraction``: 3 x forward FLOPs (forward + backward) x images/s over this CPU's
+  measured float32 matmul throughput: how much of the machine training uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import tensorflow as tf
+from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
+from tfx.proto import example_gen_pb2
+
+from components.coco_eval import cocoeval
+from components.coco_eval.metric import image_data
+from data import coco, synth
+from data import feature_spec as fs
+from pipelines import configs
+from trainer.config import MODEL_SIZES, TrainConfig
+from trainer.export import SERVING_EXAMPLES, export_saved_model
+from trainer.model import build_model
+from trainer.train import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+DATA_CACHE = ROOT / ".sightline" / "bench-data"
+SPLITS = (("train", 4), ("eval", 1))  # CocoExampleGen's default hash buckets
+EVAL_BATCH = 32
+METRICS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
+
+
+def _write_splits(synthetic: configs.SyntheticData, out: pathlib.Path) -> dict[str, str]:
+    """COCO dataset -> GZIP TFRecords per split, partitioned like CocoExampleGen."""
+    patterns = {name: str(out / f"Split-{name}" / "*") for name, _ in SPLITS}
+    if (out / "done").exists():
+        return patterns
+    annotations = synth.generate(out / "coco", synthetic.num_images, synthetic.seed,
+                                 synthetic.scenario, show_progress=True)
+    dataset = coco.load_annotations(str(annotations))
+    label_map = coco.label_map_of(dataset)
+    records, quarantined = coco.plan_records(dataset, label_map)
+    if quarantined:
+        sys.exit(f"the generated dataset has quarantined records: {quarantined[:3]}")
+    split_config = example_gen_pb2.SplitConfig(partition_feature_name=fs.IMAGE_SOURCE_ID)
+    buckets = list(np.cumsum([b for _, b in SPLITS]))
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    writers = []
+    for name, _ in SPLITS:
+        (out / f"Split-{name}").mkdir(parents=True, exist_ok=True)
+        writers.append(tf.io.TFRecordWriter(str(out / f"Split-{name}" / "data.gz"), options))
+    for record in records:
+        example = coco.record_to_example(record, str(out / "coco"), label_map)
+        writers[_PartitionFn(example, len(SPLITS), buckets, split_config)].write(
+            example.SerializeToString())
+    for writer in writers:
+        writer.close()
+    (out / "done").touch()
+    return patterns
+
+
+def matmul_gflops(side: int = 2048, repeats: int = 10) -> float:
+    """This CPU's float32 matmul throughput with TF's thread pools (best of ``repeats``)."""
+    a = tf.random.stateless_normal((side, side), (1, 2))
+    matmul = tf.function(lambda x: tf.matmul(x, x))
+    matmul(a).numpy()
+    best = min(_seconds(lambda: matmul(a).numpy()) for _ in range(repeats))
+    return 2 * side**3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def forward_gflops(config: TrainConfig) -> float:
+    """FLOPs of one image's forward pass, counted by TF's profiler on the frozen graph."""
+    detector = build_model(config.model_size, config.input_size, config.num_classes)
+    spec = tf.TensorSpec((1, config.input_size, config.input_size, 3), tf.float32)
+    graph = tf.function(lambda x: detector(x, training=False)).get_concrete_function(spec).graph
+    builder = tf.compat.v1.profiler.ProfileOptionBuilder
+    options = builder(builder.float_operation()).with_empty_output().build()
+    profile = tf.compat.v1.profiler.profile(graph, options=options)
+    return profile.total_float_ops / 1e9
+
+
+def _features(example: tf.train.Example) -> dict[str, np.ndarray]:
+    features = {}
+    for key, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        features[key] = np.asarray(getattr(feature, kind).value)
+    return features
+
+
+def score(serving_dir: str, eval_pattern: str, num_classes: int) -> dict[str, float]:
+    """COCO metrics of the exported model on the eval split, via ``serving_examples``."""
+    serve = tf.saved_model.load(serving_dir).signatures[SERVING_EXAMPLES]
+    files = tf.io.gfile.glob(eval_pattern)
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(EVAL_BATCH)
+    images = []
+    for batch in records:
+        outputs = {k: v.numpy() for k, v in serve(examples=batch).items()}
+        for i, serialized in enumerate(batch.numpy()):
+            example = tf.train.Example.FromString(serialized)
+            images.append(image_data(_features(example), {k: v[i] for k, v in outputs.items()}))
+    summary = cocoeval.evaluate(images, num_classes)
+    stats = dict(zip(METRICS, summary.stats[:6].tolist(), strict=True))
+    stats["num_eval_images"] = len(images)
+    return stats
+
+
+def bench_size(size: str, overrides: dict, splits: dict[str, str], peak: float) -> dict:
+    config = TrainConfig(class_names=synth.CLASS_NAMES, **{**overrides, "model_size": size})
+    num_train = sum(1 for f in tf.io.gfile.glob(splits["train"])
+                    for _ in tf.data.TFRecordDataset(f, compression_type="GZIP"))
+    with tempfile.TemporaryDirectory(prefix=f"train-bench-{size}-") as work:
+        started = time.perf_counter()
+        result = train(config, [splits["train"]], [splits["eval"]], os.path.join(work, "run"))
+        train_seconds = time.perf_counter() - started
+        serving_dir = os.path.join(work, "serving")
+        export_saved_model(result.detector, serving_dir, config.input_size,
+                           config.max_detections, config.to_dict(), list(config.class_names))
+        metrics = score(serving_dir, splits["eval"], config.num_classes)
+    images_seen = (num_train // config.batch_size) * config.batch_size * config.epochs
+    gflops = forward_gflops(config)
+    images_per_s = images_seen / train_seconds
+    return {
+        "model_size": size,
+        "params": result.detector.count_params(),
+        "input_size": config.input_size,
+        "epochs": config.epochs,
+        "train_images": num_train,
+        "train_seconds": round(train_seconds, 1),
+        "train_images_per_s": round(images_per_s, 1),
+        "gflops_per_image": round(gflops, 3),
+        "matmul_fraction": round(3 * gflops * images_per_s / peak, 3),
+        "final_train_loss": result.final_train_loss,
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
+        "config": config.to_dict(),
+    }
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        if key not in fields:
+            sys.exit(f"--set {item}: unknown TrainConfig field; known: {sorted(fields)}")
+        values[key] = json.loads(raw) if fields[key] != "str" else raw
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=list(MODEL_SIZES), choices=MODEL_SIZES)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="TrainConfig field=value, e.g. epochs=4")
+    parser.add_argument("--config", default="default", help="pipeline config for the data")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "train_bench.json"))
+    args = parser.parse_args()
+
+    synthetic = configs.load(args.config).synthetic
+    # The generator's source is part of the key: a changed generator makes new data.
+    version = hashlib.sha256(pathlib.Path(synth.__file__).read_bytes()).hexdigest()[:8]
+    splits = _write_splits(synthetic, DATA_CACHE / f"{synthetic.key}-{version}")
+    peak = matmul_gflops()
+    overrides = _parse_overrides(args.overrides)
+    rows = [bench_size(size, overrides, splits, peak) for size in args.sizes]
+
+    header = ("size", "params", "px", "img/s", "GFLOPs", "of matmul", "train s", *METRICS)
+    print(f"\nCPU float32 matmul peak: {peak:.1f} GFLOP/s; data: {synthetic.key}")
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join(str(v) for v in (
+            r["model_size"], r["params"], r["input_size"], r["train_images_per_s"],
+            r["gflops_per_image"], f"{100 * r['matmul_fraction']:.0f}%", r["train_seconds"],
+            *(f"{r[m]:.3f}" for m in METRICS))))
+    report = {"machine": {"processor": platform.processor(), "cpus": os.cpu_count(),
+                          "matmul_gflops": round(peak, 1)},
+              "dataset": synthetic.key, "overrides": overrides, "results": rows}
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
