@@ -1,10 +1,11 @@
 """The one typed training config, parsed from the Trainer's ``custom_config``.
 
 Run: ``Trainer(run_fn="trainer.task.run_fn", custom_config=TrainConfig(...).to_dict())``.
-Budget of the defaults (measured on the 2-core dev CPU): ``small`` at 160 px trains at
-~65 images/s end to end, so 2,400 images x 9 epochs take ~5.5 minutes. At this budget
-more optimizer steps beat more pixels: 160 px x 9 epochs at lr 8e-3 reached held-out
-COCO mAP 0.054 (AP50 0.13) against 0.014 (AP50 0.04) for 192 px x 6 epochs at 4e-3.
+Budget of the defaults (measured on the 2-core dev CPU): ``small`` at 128 px, batch 16,
+trains 2,400 images x 14 epochs in ~6.5 minutes. At this budget optimizer steps beat
+pixels: in the same ~390 s, held-out COCO mAP was 0.221 (AP50 0.409) for 128 px x 14
+epochs at batch 16, 0.177 (0.343) at batch 32, and 0.025 (0.070) for 160 px x 9 epochs
+at batch 32 (``benchmarks/train_bench.py`` measures the defaults).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ class TrainConfig:
 
     class_names: tuple[str, ...]
     model_size: str = "small"
-    input_size: int = 160
-    epochs: int = 9
-    batch_size: int = 32
+    input_size: int = 128
+    epochs: int = 14
+    batch_size: int = 16
     learning_rate: float = 8e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
@@ -47,7 +48,7 @@ class TrainConfig:
             problems.append(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
         # The detector downsamples by 32 before upsampling back to stride 4.
         if self.input_size < 32 or self.input_size % 32:
-            problems.append(f"input_size={self.input_size}; use a multiple of 32, e.g. 160")
+            problems.append(f"input_size={self.input_size}; use a multiple of 32, e.g. 128")
         for name in ("epochs", "batch_size", "max_detections"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}; must be >= 1")
