@@ -5,7 +5,7 @@
 
 The dataset is the pipeline's default (``pipelines/configs.py``), generated once into
 ``.sightline/bench-data`` and split exactly as CocoExampleGen splits it (TFX's hash
-partition on ``image/source_id``, 4:1). Each size trains with the default ``TrainConfig``
+partition on ``image/source_id``, 4:1). Each size trains with the config's ``TrainConfig``
 (plus ``--set`` overrides), is exported, and is scored on the eval split through the
 exported ``serving_examples`` signature, the path TFMA takes, with the COCO metric the
 Evaluator uses. Prints a table and writes ``benchmarks/results/train_bench.json``:
@@ -20,7 +20,6 @@ Evaluator uses. Prints a table and writes ``benchmarks/results/train_bench.json`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ from data import feature_spec as fs
 from pipelines import configs
 from trainer.config import MODEL_SIZES, TrainConfig
 from trainer.export import SERVING_EXAMPLES, export_saved_model
+from trainer.input import count_examples
 from trainer.model import build_model
 from trainer.train import train
 
@@ -136,10 +136,10 @@ def score(serving_dir: str, eval_pattern: str, num_classes: int) -> dict[str, fl
     return stats
 
 
-def bench_size(size: str, overrides: dict, splits: dict[str, str], peak: float) -> dict:
-    config = TrainConfig(class_names=synth.CLASS_NAMES, **{**overrides, "model_size": size})
-    num_train = sum(1 for f in tf.io.gfile.glob(splits["train"])
-                    for _ in tf.data.TFRecordDataset(f, compression_type="GZIP"))
+def bench_size(size: str, train_config: dict, splits: dict[str, str], peak: float) -> dict:
+    config = TrainConfig.from_dict(
+        {**train_config, "class_names": list(synth.CLASS_NAMES), "model_size": size})
+    num_train = count_examples([splits["train"]])
     with tempfile.TemporaryDirectory(prefix=f"train-bench-{size}-") as work:
         started = time.perf_counter()
         result = train(config, [splits["train"]], [splits["eval"]], os.path.join(work, "run"))
@@ -167,17 +167,6 @@ def bench_size(size: str, overrides: dict, splits: dict[str, str], peak: float) 
     }
 
 
-def _parse_overrides(items: list[str]) -> dict:
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    values = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        if key not in fields:
-            sys.exit(f"--set {item}: unknown TrainConfig field; known: {sorted(fields)}")
-        values[key] = json.loads(raw) if fields[key] != "str" else raw
-    return values
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(MODEL_SIZES), choices=MODEL_SIZES)
@@ -187,13 +176,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR / "train_bench.json"))
     args = parser.parse_args()
 
-    synthetic = configs.load(args.config).synthetic
+    # The pipeline's own config and override parser: --set epochs=4 is train.epochs=4.
+    run_config = configs.load(args.config, [f"train.{item}" for item in args.overrides])
+    synthetic = run_config.synthetic
     # The generator's source is part of the key: a changed generator makes new data.
     version = hashlib.sha256(pathlib.Path(synth.__file__).read_bytes()).hexdigest()[:8]
     splits = _write_splits(synthetic, DATA_CACHE / f"{synthetic.key}-{version}")
     peak = matmul_gflops()
-    overrides = _parse_overrides(args.overrides)
-    rows = [bench_size(size, overrides, splits, peak) for size in args.sizes]
+    rows = [bench_size(size, run_config.train, splits, peak) for size in args.sizes]
 
     header = ("size", "params", "px", "img/s", "GFLOPs", "of matmul", "train s", *METRICS)
     print(f"\nCPU float32 matmul peak: {peak:.1f} GFLOP/s; data: {synthetic.key}")
@@ -205,7 +195,7 @@ def main() -> None:
             *(f"{r[m]:.3f}" for m in METRICS))))
     report = {"machine": {"processor": platform.processor(), "cpus": os.cpu_count(),
                           "matmul_gflops": round(peak, 1)},
-              "dataset": synthetic.key, "overrides": overrides, "results": rows}
+              "dataset": synthetic.key, "train_config": run_config.train, "results": rows}
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
