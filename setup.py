@@ -19,10 +19,11 @@ setup(
         "pycocotools",
         "tflite-runtime",
         "pillow",
+        "matplotlib",
         "click",
         "rich",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={"test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"]},
     entry_points={"console_scripts": ["sightline = pipelines.cli:main"]},
 )

@@ -106,7 +106,7 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> di
         if type_name == "Examples":
             summary["examples"] = examples_record(artifact)
         elif type_name == "ModelEvaluation":
-            summary["evaluation"] = evaluation_record(artifact.uri)
+            summary["evaluation"] = {"uri": artifact.uri, **evaluation_record(artifact.uri)}
         elif type_name == "ModelBlessing":
             summary["blessed"] = bool(_custom(artifact).get("blessed", 0))
         elif type_name == "PushedModel":

@@ -1,3 +1,4 @@
+import json
 import os
 import pathlib
 
@@ -14,3 +15,16 @@ from tests.coco_fixture import make_bad_coco  # noqa: E402
 def bad_coco(tmp_path: pathlib.Path) -> pathlib.Path:
     """A COCO dataset with good images and one record of every bad kind."""
     return make_bad_coco(tmp_path / "coco")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[str, dict]:
+    """One full run of the tiny config (CLI, --json), shared by every test that inspects one."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    home = str(tmp_path_factory.mktemp("home"))
+    result = CliRunner().invoke(main, ["run", "--config", "tiny", "--home", home, "--json"])
+    assert result.exit_code == 0, result.stderr[-3000:]
+    return home, json.loads(result.stdout)  # the summary alone: training logs go to stderr

@@ -28,19 +28,6 @@ def _run(home: str, *overrides: str) -> tuple[dict, Exception | None]:
     return runs.summarize(store), error
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[str, dict]:
-    """One full run of the tiny config, shared by the tests that inspect its results."""
-    from click.testing import CliRunner
-
-    from pipelines.cli import main
-
-    home = str(tmp_path_factory.mktemp("home"))
-    result = CliRunner().invoke(main, ["run", "--config", "tiny", "--home", home, "--json"])
-    assert result.exit_code == 0, result.stderr[-3000:]
-    return home, json.loads(result.stdout)  # the summary alone: training logs go to stderr
-
-
 def test_whole_dag_pushes_a_model(tiny_run):
     home, summary = tiny_run
     assert summary["status"] == "succeeded"
