@@ -13,7 +13,7 @@ import tensorflow_model_analysis as tfma
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from components.coco_eval import cocoeval, metric
+from components.coco_eval import calibration, cocoeval, metric
 from data import feature_spec as fs
 
 CLASS_NAMES = ("circle", "square", "triangle", "star")  # "star" never has GT
@@ -33,7 +33,7 @@ def _mean_defined(values: np.ndarray) -> float:
     return float(values[values > -1].mean()) if (values > -1).any() else -1.0
 
 
-def pycocotools_summary(images: list[cocoeval.ImageData], num_classes: int) -> cocoeval.Summary:
+def run_pycocotools(images: list[cocoeval.ImageData], num_classes: int) -> COCOeval:
     """COCOeval('bbox') on a COCO dataset and results built from the ImageData arrays."""
     categories = [{"id": k + 1} for k in range(num_classes)]
     gt = {"images": [], "annotations": [], "categories": categories}
@@ -58,18 +58,76 @@ def pycocotools_summary(images: list[cocoeval.ImageData], num_classes: int) -> c
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
+
+
+def pycocotools_summary(images: list[cocoeval.ImageData], num_classes: int) -> cocoeval.Summary:
+    evaluator = run_pycocotools(images, num_classes)
     ap = evaluator.eval["precision"][:, :, :, 0, -1]  # area all, 100 detections
+    num_gt = np.zeros((num_classes, len(cocoeval.AREA_RANGES)), int)
+    for entry in evaluator.evalImgs:
+        if entry is not None:
+            area = evaluator.params.areaRng.index(list(entry["aRng"]))
+            num_gt[entry["category_id"] - 1, area] += int(np.sum(~entry["gtIgnore"].astype(bool)))
     return cocoeval.Summary(
         stats=np.array(evaluator.stats),
         class_ap=np.array([_mean_defined(ap[:, :, k]) for k in range(num_classes)]),
         class_ap50=np.array([_mean_defined(ap[0, :, k]) for k in range(num_classes)]),
+        class_pr50=ap[0].T,
+        num_gt=num_gt,
     )
+
+
+def pycocotools_matches_at_50(
+    images: list[cocoeval.ImageData], num_classes: int
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per class: (scores, right) of counted detections at IoU .5, area all, and #GT."""
+    evaluator = run_pycocotools(images, num_classes)
+    per_class = [([], [], 0) for _ in range(num_classes)]
+    for entry in evaluator.evalImgs:
+        if entry is None or list(entry["aRng"]) != evaluator.params.areaRng[0]:
+            continue
+        scores, right, num_gt = per_class[entry["category_id"] - 1]
+        counted = ~entry["dtIgnore"][0].astype(bool)
+        scores.extend(np.asarray(entry["dtScores"])[counted])
+        right.extend(entry["dtMatches"][0][counted] > 0)
+        num_gt += int(np.sum(~entry["gtIgnore"].astype(bool)))
+        per_class[entry["category_id"] - 1] = (scores, right, num_gt)
+    return [(np.array(s, np.float64), np.array(r, bool), n) for s, r, n in per_class]
+
+
+def oracle_ece(scores: np.ndarray, right: np.ndarray) -> float:
+    """D-ECE with explicit bin edges."""
+    edges = np.linspace(0, 1, calibration.NUM_BINS + 1)
+    total = 0.0
+    for b in range(calibration.NUM_BINS):
+        last = b == calibration.NUM_BINS - 1
+        inside = (scores >= edges[b]) & ((scores <= edges[b + 1]) if last else
+                                         (scores < edges[b + 1]))
+        if inside.any():
+            total += inside.sum() * abs(right[inside].mean() - scores[inside].mean())
+    return total / len(scores) if len(scores) else -1.0
+
+
+def oracle_threshold(scores: np.ndarray, right: np.ndarray, num_gt: int) -> tuple[float, float]:
+    """Brute force over every distinct score, highest first."""
+    if num_gt == 0:
+        return -1.0, -1.0
+    best = (calibration.NEVER, 0.0)
+    for t in sorted(set(scores.tolist()), reverse=True):
+        kept = scores >= t
+        f1 = 2 * right[kept].sum() / (kept.sum() + num_gt)
+        if f1 > best[1]:
+            best = (t, f1)
+    return best
 
 
 def assert_summaries_close(actual: cocoeval.Summary, expected: cocoeval.Summary) -> None:
     np.testing.assert_allclose(actual.stats, expected.stats, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(actual.class_ap, expected.class_ap, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(actual.class_ap50, expected.class_ap50, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(actual.class_pr50, expected.class_pr50, atol=TOLERANCE, rtol=0)
+    np.testing.assert_array_equal(actual.num_gt, expected.num_gt)
 
 
 # --- random scenes -------------------------------------------------------------------------
@@ -279,7 +337,7 @@ def to_example(image: cocoeval.ImageData, camera: str) -> bytes:
 def metric_config(**kwargs) -> tfma.MetricConfig:
     return tfma.MetricConfig(
         class_name="CocoDetectionMetrics", module="components.coco_eval.metric",
-        config=json.dumps({"class_names": list(CLASS_NAMES)}), **kwargs,
+        config=json.dumps({"class_names": list(CLASS_NAMES), "min_images": MIN_IMAGES}), **kwargs,
     )
 
 
@@ -327,7 +385,9 @@ def tfma_run(tmp_path_factory) -> dict:
                           for k in metrics.slice_key.single_slice_keys)
         for kv in metrics.metric_keys_and_values:
             model = kv.key.model_name + ("-diff" if kv.key.is_diff else "")
-            results.setdefault((slice_key, model), {})[kv.key.name] = kv.value.double_value.value
+            value = kv.value.double_value.value if kv.value.HasField("double_value") else (
+                np.array(kv.value.array_value.float64_values))
+            results.setdefault((slice_key, model), {})[kv.key.name] = value
     return {
         "results": results, "validation": tfma.load_validation_result(out),
         "detections": {name: detect(str(root / name), examples, images) for name in models},
@@ -335,22 +395,49 @@ def tfma_run(tmp_path_factory) -> dict:
     }
 
 
-def expected_metrics(images: list[cocoeval.ImageData]) -> dict[str, float]:
+MIN_IMAGES = 10  # overall (15 images) has enough; the camera slices do not
+
+
+def expected_metrics(images: list[cocoeval.ImageData]) -> dict[str, float | list[float]]:
     """The metric's keys and values, from pycocotools on the same images."""
     summary = pycocotools_summary(images, NUM_CLASSES)
-    names = (metric.MAP, *metric.STAT_NAMES)
-    expected = dict(zip(names, summary.stats, strict=True))
-    for name, ap, ap50 in zip(CLASS_NAMES, summary.class_ap, summary.class_ap50, strict=True):
-        if ap > -1:
-            expected[metric.CLASS_AP_PREFIX + name] = ap
-            expected[metric.CLASS_AP50_PREFIX + name] = ap50
+    matches = pycocotools_matches_at_50(images, NUM_CLASSES)
+    expected = dict(zip((metric.MAP, *metric.STAT_NAMES), summary.stats, strict=True))
+    enough = len(images) >= MIN_IMAGES
+    all_scores = np.concatenate([s for s, _, _ in matches])
+    all_right = np.concatenate([r for _, r, _ in matches])
+    expected.update({
+        metric.NUM_IMAGES: len(images), metric.ENOUGH_IMAGES: int(enough),
+        metric.SLICE_MAP: summary.stats[0] if enough else 0.0,
+        metric.NUM_OBJECTS: summary.num_gt[:, 0].sum(),
+        metric.DECE: oracle_ece(all_scores, all_right),
+        metric.RELIABILITY_COUNT: np.histogram(all_scores, np.linspace(0, 1, 11))[0].tolist(),
+    })
+    for size, area in zip(metric.SIZE_NAMES, (1, 2, 3), strict=True):
+        expected[f"{metric.NUM_OBJECTS}_{size}"] = summary.num_gt[:, area].sum()
+    for k, name in enumerate(CLASS_NAMES):
+        scores, right, num_gt = matches[k]
+        expected[f"{metric.NUM_OBJECTS}/{name}"] = num_gt
+        if len(scores):
+            expected[f"{metric.DECE}/{name}"] = oracle_ece(scores, right)
+        if summary.class_ap[k] > -1:
+            expected[metric.CLASS_AP_PREFIX + name] = summary.class_ap[k]
+            expected[metric.CLASS_AP50_PREFIX + name] = summary.class_ap50[k]
+            threshold, f1 = oracle_threshold(scores, right, num_gt)
+            expected[metric.THRESHOLD_PREFIX + name] = threshold
+            expected[metric.F1_PREFIX + name] = f1
+            expected[metric.PR50_PREFIX + name] = summary.class_pr50[k].tolist()
     return expected
 
 
-def _assert_metrics(actual: dict[str, float], expected: dict[str, float]) -> None:
-    assert actual.keys() == expected.keys()
+# The reliability diagram's mean score and precision per bin follow from D-ECE's inputs.
+_NOT_COMPARED = {metric.RELIABILITY_SCORE, metric.RELIABILITY_PRECISION}
+
+
+def _assert_metrics(actual: dict, expected: dict) -> None:
+    assert actual.keys() - _NOT_COMPARED == expected.keys()
     for name, value in expected.items():
-        assert actual[name] == pytest.approx(value, abs=TOLERANCE), name
+        np.testing.assert_allclose(actual[name], value, atol=TOLERANCE, rtol=0, err_msg=name)
 
 
 @pytest.mark.parametrize("model", ["candidate", "baseline"])
@@ -444,9 +531,11 @@ def test_score_ties_across_images_rank_the_same_in_any_merge_order():
     miss = _image(gt_boxes=[[0.5, 0.5, 0.9, 0.9]], gt_classes=[1], gt_areas=[2600],
                   gt_crowd=[0], det_boxes=[[0.0, 0.6, 0.2, 0.8]], det_classes=[1],
                   det_scores=[0.5])._replace(image_id="2")
-    combiner = metric._CocoCombiner(["circle"], "mAP", "")
+    combiner = metric._CocoCombiner(["circle"], "mAP", "", min_images=1)
     outputs = [combiner.extract_output(order) for order in ([hit, miss], [miss, hit])]
-    assert outputs[0] == outputs[1]
+    assert outputs[0].keys() == outputs[1].keys()
+    for key, value in outputs[0].items():
+        np.testing.assert_array_equal(value, outputs[1][key], err_msg=key.name)
     # pycocotools ranks the tie in image-id order: the hit first, so AP50 = 0.5.
     expected = pycocotools_summary([hit, miss], 1)
     assert outputs[0][metric_types_key("mAP50")] == pytest.approx(expected.stats[1])

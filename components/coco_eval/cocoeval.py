@@ -63,9 +63,12 @@ class Summary:
     stats: np.ndarray  # [12], the order of COCOeval.stats (AP, AP50, ..., ARl)
     class_ap: np.ndarray  # [num_classes] AP@[.5:.95], area all, 100 detections
     class_ap50: np.ndarray  # [num_classes] AP@.5
+    # [num_classes, 101] interpolated precision at RECALL_THRESHOLDS, IoU .5: the PR curve.
+    class_pr50: np.ndarray
+    num_gt: np.ndarray  # [num_classes, len(AREA_RANGES)] GT that count (not crowd, in range)
 
 
-class _Matches(NamedTuple):
+class Matches(NamedTuple):
     """evaluateImg's result for one image and category, for all area ranges at once."""
 
     scores: np.ndarray  # [D] sorted, best first
@@ -146,7 +149,7 @@ def _area_ignore(areas: np.ndarray) -> np.ndarray:
 def _evaluate_category(
     gt_xywh: np.ndarray, gt_areas: np.ndarray, crowd: np.ndarray,
     det_xywh: np.ndarray, scores: np.ndarray,
-) -> _Matches:
+) -> Matches:
     """evaluateImg for one image and category (``gt_*``/``det_*`` of that category only)."""
     order = np.argsort(-scores, kind="mergesort")[: MAX_DETS[-1]]
     det_xywh, scores = det_xywh[order], scores[order]
@@ -158,10 +161,10 @@ def _evaluate_category(
     match_ignored = np.pad(gt_ignore, ((0, 0), (0, 1)))[area_index, match]
     det_outside = _area_ignore(det_xywh[:, 2] * det_xywh[:, 3])[:, None, :]
     ignored = np.where(matched, match_ignored, det_outside)
-    return _Matches(scores, matched, ignored, np.sum(~gt_ignore, axis=1))
+    return Matches(scores, matched, ignored, np.sum(~gt_ignore, axis=1))
 
 
-def _evaluate_image(image: ImageData, num_classes: int) -> Iterator[tuple[int, _Matches]]:
+def _evaluate_image(image: ImageData, num_classes: int) -> Iterator[tuple[int, Matches]]:
     """(class, matches) for each class 1..num_classes with GT or detections in the image.
 
     Detections of other classes are dropped, as COCOeval drops categories not in the GT.
@@ -195,7 +198,7 @@ def _interpolated_precision(tp: np.ndarray, fp: np.ndarray, num_gt: int) -> np.n
     return result
 
 
-def _accumulate_category(entries: Sequence[_Matches]) -> tuple[np.ndarray, np.ndarray]:
+def _accumulate_category(entries: Sequence[Matches]) -> tuple[np.ndarray, np.ndarray]:
     """accumulate for one category: precision [T, R, A, M] and recall [T, A, M], -1 if no GT.
 
     Entries are in image order; pycocotools' stable sort then breaks score ties by image.
@@ -228,7 +231,7 @@ def _mean_defined(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else -1.0
 
 
-def _summarize(precision: np.ndarray, recall: np.ndarray) -> Summary:
+def _summarize(precision: np.ndarray, recall: np.ndarray, num_gt: np.ndarray) -> Summary:
     """COCOeval._summarizeDets from precision [T, R, K, A, M] and recall [T, K, A, M]."""
     last = len(MAX_DETS) - 1
     ap = precision[..., last]
@@ -245,19 +248,37 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> Summary:
         stats=np.array(stats),
         class_ap=np.array([_mean_defined(ap[:, :, k, ALL]) for k in range(num_classes)]),
         class_ap50=np.array([_mean_defined(ap[_IOU_50, :, k, ALL]) for k in range(num_classes)]),
+        class_pr50=ap[_IOU_50, :, :, ALL].T,
+        num_gt=num_gt,
     )
 
 
-def evaluate(images: Sequence[ImageData], num_classes: int) -> Summary:
+def match_images(images: Sequence[ImageData], num_classes: int) -> list[list[Matches]]:
+    """evaluateImg for every image: per class (index class - 1), its images' Matches in order.
+
+    The shared first step of ``evaluate`` and of calibration (``calibration.py``).
+    """
+    per_class: list[list[Matches]] = [[] for _ in range(num_classes)]
+    for image in images:
+        for cls, matches in _evaluate_image(image, num_classes):
+            per_class[cls - 1].append(matches)
+    return per_class
+
+
+def evaluate(
+    images: Sequence[ImageData], num_classes: int,
+    per_class: Sequence[Sequence[Matches]] | None = None,
+) -> Summary:
     """COCOeval (bbox) over ``images`` for classes 1..num_classes: evaluate, accumulate, summarize.
 
     A class without GT in ``images`` gets -1, like a pycocotools category without GT.
+    ``per_class``: ``match_images(images, num_classes)`` if the caller already has it.
     """
-    entries: list[list[_Matches]] = [[] for _ in range(num_classes)]
-    for image in images:
-        for cls, matches in _evaluate_image(image, num_classes):
-            entries[cls - 1].append(matches)
-    per_class = [_accumulate_category(e) for e in entries]
-    precision = np.stack([p for p, _ in per_class], axis=2)
-    recall = np.stack([r for _, r in per_class], axis=1)
-    return _summarize(precision, recall)
+    if per_class is None:
+        per_class = match_images(images, num_classes)
+    accumulated = [_accumulate_category(entries) for entries in per_class]
+    precision = np.stack([p for p, _ in accumulated], axis=2)
+    recall = np.stack([r for _, r in accumulated], axis=1)
+    num_gt = np.array([np.sum([e.num_gt for e in entries], axis=0) if entries
+                       else np.zeros(len(AREA_RANGES), int) for entries in per_class])
+    return _summarize(precision, recall, num_gt.reshape(num_classes, len(AREA_RANGES)))

@@ -14,6 +14,14 @@ Ground truth comes from the example's features (``data.feature_spec`` keys), det
 the model's named outputs ``detections`` ([K, 6] normalized xmin, ymin, xmax, ymax, class,
 score) and ``num_detections`` (rows of ``detections`` that are real). Thresholds set on the
 MetricConfig gate the AP@[.5:.95] key (``name``, "mAP" by default).
+
+Besides COCOeval's numbers each slice gets what a release decision needs (see
+``calibration.py``): image and object counts (overall, per class, per size), D-ECE overall
+and per class, each class's max-F1 score threshold, its PR curve at IoU .5 (101 points)
+and the reliability diagram's bins. A slice with fewer than ``min_images`` images is
+flagged (``enough_images`` = 0) so reports show "too few examples" instead of its numbers,
+and its ``slice_mAP`` -- the key per-slice regression gates use -- is 0 for every model,
+so a tiny slice cannot veto a blessing by noise.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.utils import util
 
-from components.coco_eval import cocoeval
+from components.coco_eval import calibration, cocoeval
 from data import feature_spec as fs
 
 MAP = "mAP"
@@ -39,15 +47,29 @@ STAT_NAMES = (
 )
 CLASS_AP_PREFIX = "AP/"
 CLASS_AP50_PREFIX = "AP50/"
+NUM_IMAGES = "num_images"
+ENOUGH_IMAGES = "enough_images"  # 1 if the slice has at least min_images images, else 0
+SLICE_MAP = "slice_mAP"  # mAP where there are enough images, else 0: per-slice gates use it
+NUM_OBJECTS = "num_objects"  # GT that count (not crowd); per class: "num_objects/<class>"
+SIZE_NAMES = ("small", "medium", "large")  # "num_objects_<size>": COCO's area ranges
+DECE = "D-ECE"  # per class: "D-ECE/<class>"
+THRESHOLD_PREFIX = "score_threshold/"  # max-F1 score threshold per class
+F1_PREFIX = "F1/"  # F1 at that threshold
+PR50_PREFIX = "PR50/"  # [101] precision at recall 0, .01, ..., 1 (IoU .5), per class
+RELIABILITY_COUNT = "reliability/count"  # [NUM_BINS] detections per score bin
+RELIABILITY_SCORE = "reliability/score"  # [NUM_BINS] their mean score (-1: empty bin)
+RELIABILITY_PRECISION = "reliability/precision"  # [NUM_BINS] share right (-1: empty bin)
+DEFAULT_MIN_IMAGES = 20
 _BOX_KEYS = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX)
 _DETECTION_COLUMNS = 6  # xmin, ymin, xmax, ymax, class, score
 
 
 class CocoDetectionMetrics(metric_types.Metric):
-    """COCOeval (bbox) numbers: mAP, mAP50, ..., AR_large and AP/<class>, AP50/<class>.
+    """COCOeval (bbox) numbers, calibration, thresholds and counts per slice (module doc).
 
     Summary numbers are -1 where pycocotools gives -1 (no GT in that area range or slice);
-    per-class keys are omitted for classes without (non-crowd) GT in the slice.
+    per-class AP, threshold and PR keys are omitted for classes without (non-crowd) GT in
+    the slice, D-ECE/<class> for classes without detections.
     """
 
     def __init__(
@@ -56,11 +78,13 @@ class CocoDetectionMetrics(metric_types.Metric):
         name: str = MAP,
         detections_key: str = DETECTIONS_KEY,
         num_detections_key: str = NUM_DETECTIONS_KEY,
+        min_images: int = DEFAULT_MIN_IMAGES,
     ):
         """Args:
         class_names: label i+1 is class_names[i]; names the per-class keys.
         name: key of AP@[.5:.95], the number thresholds on this MetricConfig gate.
         detections_key / num_detections_key: the model outputs holding the detections.
+        min_images: fewer images than this make a slice "too few examples".
         """
         super().__init__(
             _coco_computations,
@@ -68,6 +92,7 @@ class CocoDetectionMetrics(metric_types.Metric):
             name=name,
             detections_key=detections_key,
             num_detections_key=num_detections_key,
+            min_images=min_images,
         )
 
 
@@ -76,12 +101,13 @@ def _coco_computations(
     name: str = MAP,
     detections_key: str = DETECTIONS_KEY,
     num_detections_key: str = NUM_DETECTIONS_KEY,
+    min_images: int = DEFAULT_MIN_IMAGES,
     model_names: Sequence[str] | None = None,
 ) -> metric_types.MetricComputations:
     """One computation per model (candidate and baseline each get their own keys)."""
     computations = []
     for model_name in model_names or [""]:
-        combiner = _CocoCombiner(class_names, name, model_name)
+        combiner = _CocoCombiner(class_names, name, model_name, min_images)
         preprocessor = _ImagePreprocessor(model_name, detections_key, num_detections_key)
         computations.append(
             metric_types.MetricComputation(
@@ -178,19 +204,25 @@ class _ImagePreprocessor(metric_types.Preprocessor):
 class _CocoCombiner(beam.CombineFn):
     """Collects a slice's images and runs cocoeval on them once, in extract_output."""
 
-    def __init__(self, class_names: Sequence[str], name: str, model_name: str):
-        self._num_classes = len(class_names)
-        self._stat_keys = [
-            metric_types.MetricKey(name=n, model_name=model_name) for n in (name, *STAT_NAMES)
-        ]
-        self._class_keys = [
-            (metric_types.MetricKey(name=CLASS_AP_PREFIX + c, model_name=model_name),
-             metric_types.MetricKey(name=CLASS_AP50_PREFIX + c, model_name=model_name))
-            for c in class_names
-        ]
+    def __init__(self, class_names: Sequence[str], name: str, model_name: str, min_images: int):
+        self._class_names = list(class_names)
+        self._name = name
+        self._model_name = model_name
+        self._min_images = min_images
+
+    def _key(self, name: str) -> metric_types.MetricKey:
+        return metric_types.MetricKey(name=name, model_name=self._model_name)
 
     def keys(self) -> list[metric_types.MetricKey]:
-        return self._stat_keys + [key for pair in self._class_keys for key in pair]
+        names = [
+            self._name, *STAT_NAMES, NUM_IMAGES, ENOUGH_IMAGES, SLICE_MAP, NUM_OBJECTS, DECE,
+            *(f"{NUM_OBJECTS}_{size}" for size in SIZE_NAMES),
+            RELIABILITY_COUNT, RELIABILITY_SCORE, RELIABILITY_PRECISION,
+        ]
+        for prefix in (CLASS_AP_PREFIX, CLASS_AP50_PREFIX, f"{NUM_OBJECTS}/", f"{DECE}/",
+                       THRESHOLD_PREFIX, F1_PREFIX, PR50_PREFIX):
+            names += [prefix + c for c in self._class_names]
+        return [self._key(n) for n in names]
 
     def create_accumulator(self) -> list[cocoeval.ImageData]:
         return []
@@ -208,15 +240,43 @@ class _CocoCombiner(beam.CombineFn):
 
     def extract_output(
         self, accumulator: list[cocoeval.ImageData]
-    ) -> dict[metric_types.MetricKey, float]:
+    ) -> dict[metric_types.MetricKey, Any]:
         # Beam merges in no fixed order; pycocotools visits images in id order, which
         # decides how exact score ties across images are ranked.
         ordered = sorted(accumulator, key=lambda image: (len(image.image_id), image.image_id))
-        summary = cocoeval.evaluate(ordered, self._num_classes)
-        result = {key: float(v) for key, v in zip(self._stat_keys, summary.stats, strict=True)}
-        for (ap_key, ap50_key), ap, ap50 in zip(
-            self._class_keys, summary.class_ap, summary.class_ap50, strict=True
-        ):
-            if ap > -1:  # -1: no GT of this class in the slice
-                result[ap_key], result[ap50_key] = float(ap), float(ap50)
-        return result
+        per_class = cocoeval.match_images(ordered, len(self._class_names))
+        summary = cocoeval.evaluate(ordered, len(self._class_names), per_class)
+        calibrated = calibration.calibrate(per_class)
+        enough = len(ordered) >= self._min_images
+        values: dict[str, Any] = dict(zip((self._name, *STAT_NAMES), summary.stats, strict=True))
+        values.update({
+            NUM_IMAGES: len(ordered),
+            ENOUGH_IMAGES: int(enough),
+            SLICE_MAP: summary.stats[0] if enough else 0.0,
+            NUM_OBJECTS: summary.num_gt[:, cocoeval.ALL].sum(),
+            DECE: calibrated.ece,
+            RELIABILITY_COUNT: calibrated.bin_count,
+            RELIABILITY_SCORE: calibrated.bin_score,
+            RELIABILITY_PRECISION: calibrated.bin_precision,
+        })
+        for size, area in zip(SIZE_NAMES, (cocoeval.SMALL, cocoeval.MEDIUM, cocoeval.LARGE),
+                              strict=True):
+            values[f"{NUM_OBJECTS}_{size}"] = summary.num_gt[:, area].sum()
+        for k, name in enumerate(self._class_names):
+            values[f"{NUM_OBJECTS}/{name}"] = summary.num_gt[k, cocoeval.ALL]
+            if calibrated.class_ece[k] > -1:
+                values[f"{DECE}/{name}"] = calibrated.class_ece[k]
+            if summary.class_ap[k] > -1:  # -1: no GT of this class in the slice
+                values[CLASS_AP_PREFIX + name] = summary.class_ap[k]
+                values[CLASS_AP50_PREFIX + name] = summary.class_ap50[k]
+                values[THRESHOLD_PREFIX + name] = calibrated.class_threshold[k]
+                values[F1_PREFIX + name] = calibrated.class_f1[k]
+                values[PR50_PREFIX + name] = np.asarray(summary.class_pr50[k], np.float64)
+        return {self._key(name): _plain(value) for name, value in values.items()}
+
+
+def _plain(value: Any) -> Any:
+    """Python floats for scalars (TFMA's writer and thresholds), float64 arrays for curves."""
+    if isinstance(value, np.ndarray) and value.ndim:
+        return value.astype(np.float64)
+    return float(value)
