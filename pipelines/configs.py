@@ -53,6 +53,15 @@ class RunConfig:
     # mAP ~0.22-0.24 in its ~6.5-minute budget (README); raise it as the trainer improves.
     map_floor: float = 0.1
     max_map_regression: float = 0.01
+    # No slice of these features may lose more mAP than this versus the blessed model;
+    # slices with fewer than min_slice_images eval images are "too few examples" instead.
+    gated_slices: tuple[str, ...] = ("meta/camera", "meta/lighting")
+    max_slice_map_regression: float = 0.05
+    min_slice_images: int = 20
+    # The Trainer's run_fn: swap in your own model code without touching the DAG.
+    run_fn: str = "trainer.task.run_fn"
+    # Reuse a component's earlier outputs when its inputs and settings are unchanged.
+    enable_cache: bool = False
     # Beam: "in_memory" or "multi_processing" locally; extra args reach any runner
     # (e.g. --runner=DataflowRunner --project=... for the same DAG on Dataflow).
     beam_direct_running_mode: str = "in_memory"
@@ -80,6 +89,11 @@ def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
         "split_buckets": config.split_buckets,
         "map_floor": config.map_floor,
         "max_map_regression": config.max_map_regression,
+        "gated_slices": list(config.gated_slices),
+        "max_slice_map_regression": config.max_slice_map_regression,
+        "min_slice_images": config.min_slice_images,
+        "run_fn": config.run_fn,
+        "enable_cache": config.enable_cache,
     }
 
 
@@ -91,6 +105,7 @@ CONFIGS: dict[str, RunConfig] = {
         synthetic=SyntheticData(num_images=48, seed=7),
         train={"epochs": 1, "input_size": 96, "batch_size": 8},
         map_floor=0.0,
+        min_slice_images=1,  # ~9 eval images: every slice is small
     ),
 }
 

@@ -14,6 +14,8 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.coco_eval import metric as coco_metric
+from components.coco_eval import results as eval_results
 from components.coco_example_gen import executor as coco_executor
 from trainer import executor as trainer_executor
 
@@ -201,44 +203,68 @@ def examples_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
 
 
 def evaluation_record(uri: str) -> dict[str, Any]:
-    """Headline metrics per slice and any failed thresholds, from TFMA's output."""
+    """Scalar metrics per slice for the candidate (and baseline), and why gates failed.
+
+    Slices the metric flags as too small (``enough_images`` 0) keep only their size: a
+    number from a handful of images would be read as a finding.
+    """
     import tensorflow_model_analysis as tfma  # slow import: only when there is an evaluation
 
-    slices: dict[str, dict[str, float]] = {}
-    for metrics in tfma.load_metrics(uri):
-        name = _slice_name(metrics.slice_key)
-        for kv in metrics.metric_keys_and_values:
-            if kv.key.HasField("sub_key") or kv.key.is_diff:
-                continue
-            if kv.value.HasField("double_value"):
-                slices.setdefault(name, {})[kv.key.name] = round(kv.value.double_value.value, 4)
+    loaded = eval_results.load_metrics(uri)
+    candidate = {name: _enough_or_size(name, _scalars(metrics))
+                 for name, metrics in loaded[eval_results.CANDIDATE].items()}
     validation = tfma.load_validation_result(uri)
     failures = [
-        {
-            "slice": _slice_name(per_slice.slice_key),
-            "metric": failure.metric_key.name + (" (change)" if failure.metric_key.is_diff else ""),
-            "message": failure.message,
-        }
+        _failure(eval_results.slice_name(per_slice.slice_key), failure)
         for per_slice in validation.metric_validations_per_slice
         for failure in per_slice.failures
     ]
-    return {
-        "overall": slices.get("overall", {}),
-        "slices": {k: v for k, v in sorted(slices.items()) if k != "overall"},
+    record = {
+        "overall": candidate.get(eval_results.OVERALL, {}),
+        "slices": {k: v for k, v in sorted(candidate.items()) if k != eval_results.OVERALL},
         "validation_ok": validation.validation_ok,
         "failed_thresholds": failures,
-        # First run: no baseline, so change thresholds are skipped ("rubber stamp").
-        "rubber_stamp": validation.rubber_stamp,
     }
+    # No blessed model yet: TFX skips the change gates ("rubber stamp"; TFMA's own
+    # ValidationResult.rubber_stamp stays false under TFX, so it is derived here).
+    baseline = loaded[eval_results.BASELINE].get(eval_results.OVERALL)
+    record["rubber_stamp"] = not baseline
+    if baseline:
+        record["baseline_overall"] = _scalars(baseline)
+    if failures:
+        record["blocked_because"] = "; ".join(f"{f['slice']}: {f['message']}" for f in failures)
+    return record
 
 
-def _slice_name(slice_key: Any) -> str:
-    """``meta/camera=cam-a`` style names; "overall" for the unsliced key."""
-    parts = []
-    for single in slice_key.single_slice_keys:
-        value = getattr(single, single.WhichOneof("kind"))
-        parts.append(f"{single.column}={value.decode() if isinstance(value, bytes) else value}")
-    return ",".join(parts) or "overall"
+_TOO_FEW = "too_few_examples"
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in sorted(metrics.items()) if isinstance(v, float)}
+
+
+def _enough_or_size(name: str, metrics: dict[str, float]) -> dict[str, Any]:
+    if name == eval_results.OVERALL or metrics.get(coco_metric.ENOUGH_IMAGES, 1):
+        return metrics
+    return {"example_count": metrics.get("example_count"), _TOO_FEW: True}
+
+
+def _failure(slice_name: str, failure: Any) -> dict[str, Any]:
+    """One failed threshold in words: which metric, on which slice, by how much."""
+    name = failure.metric_key.name
+    value = failure.metric_value.double_value.value
+    threshold = failure.metric_threshold
+    if failure.message:  # TFMA's own text, e.g. "Metric not found."
+        message = f"{name}: {failure.message.strip()}"
+    elif threshold.HasField("change_threshold"):
+        allowed = threshold.change_threshold.absolute.value
+        message = (f"{name} changed by {value:+.4f} versus the blessed baseline; "
+                   f"the gate allows {allowed:+.4f}")
+    else:
+        bound = threshold.value_threshold.lower_bound.value
+        message = f"{name} = {value:.4f} is below the floor {bound:.4f}"
+    return {"slice": slice_name, "metric": name, "change": failure.metric_key.is_diff,
+            "value": round(value, 4), "message": message}
 
 
 def model_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:

@@ -211,7 +211,11 @@ class _CocoCombiner(beam.CombineFn):
         self._min_images = min_images
 
     def _key(self, name: str) -> metric_types.MetricKey:
-        return metric_types.MetricKey(name=name, model_name=self._model_name)
+        # TFMA builds the keys of MetricsSpec-level thresholds (how slice_mAP is gated)
+        # with example_weighted None, and keys only match if that agrees.
+        weighted = None if name == SLICE_MAP else False
+        return metric_types.MetricKey(
+            name=name, model_name=self._model_name, example_weighted=weighted)
 
     def keys(self) -> list[metric_types.MetricKey]:
         names = [

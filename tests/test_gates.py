@@ -1,0 +1,95 @@
+"""Blessing gates through the real DAG: known-good and degraded candidates, in order.
+
+The Trainer is ``tests.oracle_trainer`` (a model that reads the GT and jitters it), so each
+run takes seconds and the candidates' quality is known; everything else is the tiny
+config's real pipeline, with ExampleGen and StatisticsGen cached after the first run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from rich.console import Console
+
+from components.model_pusher import executor as pusher_executor
+from pipelines import configs, local_runner, runs
+
+ORACLE = ["run_fn=tests.oracle_trainer.run_fn", "enable_cache=true"]
+
+
+def _run(home: str, *overrides: str) -> dict:
+    config = configs.load("tiny", [*ORACLE, *overrides])
+    local_runner.run(config, home, Console(quiet=True))
+    return runs.summarize(runs.connect(configs.Paths(home, config.pipeline_name).metadata))
+
+
+@pytest.fixture(scope="module")
+def gated_runs(tmp_path_factory) -> dict[str, dict]:
+    """good -> degraded overall -> degraded on one camera only -> good again."""
+    home = str(tmp_path_factory.mktemp("gates"))
+    return {
+        "first": _run(home, "train.oracle_jitter=0.05"),
+        "degraded": _run(home, "train.oracle_jitter=0.6"),
+        # The overall gate is opened wide: only the per-slice gate can stop this one.
+        "one_camera": _run(home, "train.oracle_jitter=0.05",
+                           'train.oracle_camera_jitter={"cam-b": 0.8}', "max_map_regression=1"),
+        "good_again": _run(home, "train.oracle_jitter=0.04"),
+        "home": home,
+    }
+
+
+def test_first_good_model_is_blessed_by_the_floor_alone(gated_runs):
+    first = gated_runs["first"]
+    assert first["evaluation"]["rubber_stamp"] and first["blessed"]
+    assert first["evaluation"]["overall"]["mAP"] > 0.5
+    assert first["pushed"]["pushed"]
+
+
+def test_degraded_model_is_not_blessed_or_pushed_and_the_summary_says_why(gated_runs):
+    degraded, first = gated_runs["degraded"], gated_runs["first"]
+    assert degraded["status"] == "succeeded"  # a blocked model is a result, not a crash
+    assert degraded["blessed"] is False and degraded["pushed"]["pushed"] is False
+    evaluation = degraded["evaluation"]
+    assert evaluation["baseline_overall"]["mAP"] == first["evaluation"]["overall"]["mAP"]
+    [overall] = [f for f in evaluation["failed_thresholds"] if f["slice"] == "overall"]
+    assert overall["metric"] == "mAP" and overall["change"]
+    drop = evaluation["overall"]["mAP"] - first["evaluation"]["overall"]["mAP"]
+    assert overall["value"] == pytest.approx(drop, abs=1e-3) and drop < -0.01
+    assert "overall: mAP changed by" in evaluation["blocked_because"]
+    assert "allows -0.0100" in evaluation["blocked_because"]
+
+
+def test_a_slice_that_regresses_blocks_the_model_and_is_named(gated_runs):
+    evaluation = gated_runs["one_camera"]["evaluation"]
+    assert gated_runs["one_camera"]["blessed"] is False
+    failures = evaluation["failed_thresholds"]
+    assert {f["metric"] for f in failures} == {"slice_mAP"}  # overall mAP was allowed to drop
+    # cam-a and cam-c are untouched; lighting slices may fail too (they hold cam-b images).
+    cameras = {f["slice"] for f in failures if f["slice"].startswith("meta/camera")}
+    assert cameras == {"meta/camera=cam-b"}, failures
+    assert "meta/camera=cam-b: slice_mAP changed by -" in evaluation["blocked_because"]
+
+
+def test_good_model_after_good_is_blessed_and_ships_its_thresholds(gated_runs):
+    good = gated_runs["good_again"]
+    evaluation = good["evaluation"]
+    assert not evaluation["rubber_stamp"] and evaluation["failed_thresholds"] == []
+    # The baseline is the latest *blessed* model: the first one, not the blocked ones.
+    assert evaluation["baseline_overall"]["mAP"] == gated_runs["first"]["evaluation"][
+        "overall"]["mAP"]
+    assert good["blessed"] and good["pushed"]["pushed"]
+    version_dir = os.path.join(configs.Paths(gated_runs["home"], "sightline-tiny")
+                               .serving_model_dir, good["pushed"]["version"])
+    with open(os.path.join(version_dir, pusher_executor.ASSETS_EXTRA,
+                           pusher_executor.RELEASE_FILE)) as f:
+        release = json.load(f)
+    thresholds = release["score_thresholds"]
+    overall = evaluation["overall"]
+    assert thresholds and all(0 < t <= 1 for t in thresholds.values())
+    assert {f"score_threshold/{c}" for c in thresholds} <= overall.keys()
+    assert release["metrics"]["mAP"] == pytest.approx(overall["mAP"], abs=1e-4)
+    assert release["dataset"]["eval"]["content_hash"] == good["examples"]["splits"]["eval"][
+        "content_hash"]
+    assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
