@@ -73,6 +73,9 @@ def run(config_name, overrides, data_root, pattern, beam_mode, verbose, home, as
         failed = e
     store = runs.connect(configs.Paths(home, config.pipeline_name).metadata)
     summary = runs.summarize(store)
+    if failed is not None and not summary.get("failure", {}).get("error", True):
+        # TFX records no message for some failures (e.g. an unimportable run_fn).
+        summary["failure"]["error"] = f"{type(failed).__name__}: {failed}"
     _emit(summary, as_json, render_summary)
     if failed is not None:
         if "failure" not in summary:
@@ -113,6 +116,26 @@ def runs_show(run_id, home, as_json) -> None:
     from pipelines import runs
 
     _emit(runs.summarize(runs.connect(_metadata(home)), run_id), as_json, render_summary)
+
+
+@main.command()
+@click.argument("run_id", default="latest")
+@click.option("--out", "out_dir", default=None,
+              help="Folder for report.html and report.json (default <home>/reports/<run id>).")
+@_HOME
+def report(run_id, out_dir, home) -> None:
+    """An evaluation report for a run: slices, per-class AP, PR curves, calibration."""
+    from pipelines import report as report_lib
+    from pipelines import runs
+
+    summary = runs.summarize(runs.connect(_metadata(home)), run_id)
+    try:
+        out_dir = out_dir or os.path.join(configs.home_dir(home), "reports",
+                                          summary["run_id"].replace(":", "-"))
+        html_path, json_path = report_lib.write(summary, out_dir)
+    except report_lib.NoEvaluationError as e:
+        raise click.ClickException(str(e)) from e
+    console.print(f"report: {html_path}\n  json: {json_path}")
 
 
 @main.command()

@@ -214,11 +214,11 @@ def evaluation_record(uri: str) -> dict[str, Any]:
     candidate = {name: _enough_or_size(name, _scalars(metrics))
                  for name, metrics in loaded[eval_results.CANDIDATE].items()}
     validation = tfma.load_validation_result(uri)
-    failures = [
+    failures = sorted((
         _failure(eval_results.slice_name(per_slice.slice_key), failure)
         for per_slice in validation.metric_validations_per_slice
         for failure in per_slice.failures
-    ]
+    ), key=lambda f: (f["slice"] != eval_results.OVERALL, f["slice"]))
     record = {
         "overall": candidate.get(eval_results.OVERALL, {}),
         "slices": {k: v for k, v in sorted(candidate.items()) if k != eval_results.OVERALL},

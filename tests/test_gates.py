@@ -93,3 +93,34 @@ def test_good_model_after_good_is_blessed_and_ships_its_thresholds(gated_runs):
     assert release["dataset"]["eval"]["content_hash"] == good["examples"]["splits"]["eval"][
         "content_hash"]
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+
+
+def test_report_of_a_blocked_run_names_the_gate_and_compares_with_the_baseline(gated_runs):
+    from click.testing import CliRunner
+
+    from pipelines import report
+    from pipelines.cli import main
+
+    degraded = gated_runs["degraded"]
+    out = os.path.join(gated_runs["home"], "report")
+    result = CliRunner().invoke(main, ["report", degraded["run_id"], "--home", gated_runs["home"],
+                                       "--out", out])
+    assert result.exit_code == 0, result.output
+    with open(os.path.join(out, "report.json")) as f:
+        data = json.load(f)
+    assert data["blessed"] is False and data["has_baseline"]
+    assert data["failed_thresholds"][0]["slice"] == "overall"  # the headline failure first
+    [map_row] = [r for r in data["overall"] if r["metric"] == "mAP"]
+    first_map = gated_runs["first"]["evaluation"]["overall"]["mAP"]
+    assert map_row["baseline"] == pytest.approx(first_map, abs=1e-4)
+    assert map_row["change"] == pytest.approx(map_row["value"] - first_map, abs=2e-4)
+    # 9 eval images: classes with < 10 objects are "too few", the others have numbers.
+    for row in data["classes"]:
+        assert ("too_few" in row) == (row["objects"] < report.MIN_CLASS_OBJECTS)
+        assert "too_few" in row or 0 <= row["AP"] <= 1
+    assert set(data["pr_curves"]) == {r["class"] for r in data["classes"] if "too_few" not in r}
+    assert sum(data["reliability"]["count"]) > 0
+    with open(os.path.join(out, "report.html")) as f:
+        page = f.read()
+    assert "not blessed" in page and "overall: mAP changed by" in page
+    assert page.count("data:image/png;base64,") == 4  # slices, class AP, PR, reliability

@@ -8,7 +8,7 @@ import os
 import pytest
 from rich.console import Console
 
-from pipelines import configs, kubeflow_runner, local_runner, runs
+from pipelines import configs, kubeflow_runner, local_runner, report, runs
 from trainer import export
 
 PIPELINE_COMPONENTS = {
@@ -107,6 +107,8 @@ def test_schema_anomaly_stops_the_run_before_training(tmp_path):
     assert failure["component"] == "AnomalyGate"
     assert "image/object/class/label" in failure["error"]
     assert "hexagon" in failure["error"]
+    with pytest.raises(report.NoEvaluationError, match="stopped at AnomalyGate"):
+        report.build(summary)
 
 
 def test_kubeflow_compile_names_every_component(tmp_path):
