@@ -124,3 +124,43 @@ def test_report_of_a_blocked_run_names_the_gate_and_compares_with_the_baseline(g
         page = f.read()
     assert "not blessed" in page and "overall: mAP changed by" in page
     assert page.count("data:image/png;base64,") == 4  # slices, class AP, PR, reliability
+
+
+def _eval_split(examples_uri: str) -> list[bytes]:
+    import glob
+
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(examples_uri, "Split-eval", "*")))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def _features(serialized: bytes) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    features = tf.train.Example.FromString(serialized).features.feature
+    return {key: np.array(getattr(f, f.WhichOneof("kind")).value) for key, f in features.items()}
+
+
+def test_evaluator_numbers_equal_pycocotools_on_the_same_detections(gated_runs):
+    """The TFX Evaluator's overall numbers for the first model, recomputed by pycocotools."""
+    from tfx.utils import path_utils
+
+    from components.coco_eval import metric
+    from tests.test_coco_eval import detect, pycocotools_summary
+
+    first = gated_runs["first"]
+    serialized = _eval_split(first["examples"]["uri"])
+    images = [metric.image_data(_features(s), {"detections": [], "num_detections": [0]})
+              for s in serialized]
+    images = detect(path_utils.serving_model_path(first["model"]["uri"]), serialized, images)
+    images.sort(key=lambda im: (len(im.image_id), im.image_id))  # as the metric orders them
+    class_names = json.loads(first["model"]["hparams"]["class_names"])
+    expected = pycocotools_summary(images, len(class_names))
+    overall = first["evaluation"]["overall"]
+    names = ("mAP", *metric.STAT_NAMES)
+    for name, value in zip(names, expected.stats, strict=True):
+        assert overall[name] == pytest.approx(value, abs=1e-4), name
+    for name, ap in zip(class_names, expected.class_ap, strict=True):
+        assert overall.get(f"AP/{name}", -1) == pytest.approx(ap, abs=1e-4), name
