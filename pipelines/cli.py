@@ -287,6 +287,12 @@ def render_summary(summary: dict[str, Any]) -> None:
         overall = evaluation["overall"]
         console.print("metrics (overall): " + ", ".join(
             f"{k} {overall[k]:.3f}" for k in HEADLINE_METRICS if k in overall))
+        baseline = evaluation.get("baseline_overall")
+        if baseline:
+            console.print("latest blessed model: " + ", ".join(
+                f"{k} {baseline[k]:.3f}" for k in HEADLINE_METRICS if k in baseline))
+        else:
+            console.print("no blessed model yet: judged by the mAP floor alone")
         for failure in evaluation["failed_thresholds"]:
             message = escape(failure["message"])
             console.print(f"[red]gate failed[/] on {failure['slice']}: {message}")
