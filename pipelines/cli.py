@@ -263,6 +263,20 @@ def _print_splits(splits: dict[str, Any]) -> None:
         )
 
 
+def _print_drift(drift: dict[str, Any]) -> None:
+    if drift["baseline_span"] is None:
+        console.print("drift: no previous span to compare with")
+    else:
+        moved = drift["drifted_features"] + [f"boxes of {c}" for c in drift["box_fit_changes"]]
+        console.print(f"drift vs the previous data (span {drift['baseline_span']}): "
+                      + (f"[yellow]{escape(', '.join(moved))}[/]" if moved else "none"))
+    for kind in ("duplicate_boxes", "tiny_boxes"):
+        if drift[kind]["count"]:
+            ids = ", ".join(drift[kind]["example_ids"][:5])
+            name = kind.replace("_", " ")
+            console.print(f"[yellow]{name}:[/] {drift[kind]['count']} (e.g. {ids})")
+
+
 def render_summary(summary: dict[str, Any]) -> None:
     """The run summary as tables a person reads in a terminal."""
     console.rule(f"run {summary['run_id']} · {summary['pipeline']} · {_status(summary['status'])}")
@@ -278,6 +292,9 @@ def render_summary(summary: dict[str, Any]) -> None:
         _print_splits(examples["splits"])
         console.print(f"quarantined {examples['quarantined']} {examples['quarantine_reasons']}  "
                       f"(report: {examples['quarantine_report']})")
+    drift = summary.get("drift")
+    if drift:
+        _print_drift(drift)
     model = summary.get("model")
     if model and model["hparams"]:
         console.print("hparams: " + escape(", ".join(

@@ -62,6 +62,11 @@ class RunConfig:
     run_fn: str = "trainer.task.run_fn"
     # Reuse a component's earlier outputs when its inputs and settings are unchanged.
     enable_cache: bool = False
+    # Drift versus the previous span: "fail" stops the run before training, "warn" records
+    # it and trains. L∞ / JS thresholds are the schema's drift comparators.
+    on_drift: str = "fail"
+    psi_threshold: float = 0.25
+    box_fit_tolerance: float = 0.3  # per-class median object/box area may move ±30 %
     # Beam: "in_memory" or "multi_processing" locally; extra args reach any runner
     # (e.g. --runner=DataflowRunner --project=... for the same DAG on Dataflow).
     beam_direct_running_mode: str = "in_memory"
@@ -94,6 +99,9 @@ def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
         "min_slice_images": config.min_slice_images,
         "run_fn": config.run_fn,
         "enable_cache": config.enable_cache,
+        "on_drift": config.on_drift,
+        "psi_threshold": config.psi_threshold,
+        "box_fit_tolerance": config.box_fit_tolerance,
     }
 
 

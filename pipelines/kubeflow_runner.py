@@ -51,6 +51,8 @@ def compile_pipeline(
         )
     pipeline = create_pipeline(
         **configs.pipeline_arguments(config),
+        # The KFP compiler accepts only TFX's own resolver strategies.
+        previous_span_strategy=tfx.dsl.experimental.LatestArtifactStrategy,
         pipeline_root=pipeline_root,
         data_root=data_root,
         serving_model_dir=serving_model_dir,

@@ -16,6 +16,8 @@ from tfx.dsl.components.base import executor_spec
 from components.anomaly_gate import AnomalyGate
 from components.coco_eval import metric as coco_metric
 from components.coco_example_gen import CocoExampleGen
+from components.drift_check import DriftCheck
+from components.drift_check.resolver import LatestIfAnyStrategy
 from components.model_pusher import ModelPusher
 from data import feature_spec as fs
 from trainer import executor as trainer_executor
@@ -48,6 +50,10 @@ def create_pipeline(
     max_slice_map_regression: float = 0.05,
     min_slice_images: int = 20,
     run_fn: str = TRAINER_RUN_FN,
+    on_drift: str = "fail",
+    psi_threshold: float = 0.25,
+    box_fit_tolerance: float = 0.3,
+    previous_span_strategy: type = LatestIfAnyStrategy,
     metadata_connection_config: Any = None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,
@@ -63,21 +69,49 @@ def create_pipeline(
       map_floor / max_map_regression / gated_slices / max_slice_map_regression /
         min_slice_images: the blessing gates, see ``eval_config``.
       run_fn: the Trainer's ``run_fn`` (module path): the detector in ``trainer/`` by default.
+      on_drift / psi_threshold / box_fit_tolerance: the drift gate (see DriftCheck); the
+        L∞ / JS thresholds are the schema's drift comparators.
+      previous_span_strategy: how the previous span is resolved (Kubeflow needs TFX's own
+        LatestArtifactStrategy).
     """
     # Ingest COCO images and boxes; bad records are quarantined, splits are hashed.
     example_gen = CocoExampleGen(
         input_base=data_root, annotations_pattern=annotations_pattern, split_buckets=split_buckets
     )
-    # Per-split feature statistics: what the schema check and drift checks read.
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     # The reviewed schema, never re-inferred: data changes must show up as anomalies.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    # Per-split feature statistics: what the schema check and drift checks read. With the
+    # schema, categorical ints (the class label) get value counts.
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
     # Compare this data's statistics with the schema.
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
-    # Anomalies stop the run here, naming them, instead of training on bad data.
-    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    # The previous span: the latest statistics and examples recorded before this run (the
+    # resolver runs before ExampleGen, so never this run's own).
+    previous_span = tfx.dsl.Resolver(
+        strategy_class=previous_span_strategy,
+        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
+        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+    ).with_id("previous_span_resolver")
+    example_gen.add_upstream_node(previous_span)
+    # Span-over-span drift (L∞, JS, PSI) and annotation quality, recorded in MLMD.
+    drift_check = DriftCheck(
+        statistics=statistics_gen.outputs["statistics"],
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        baseline_statistics=previous_span.outputs["statistics"],
+        baseline_examples=previous_span.outputs["examples"],
+        psi_threshold=psi_threshold,
+        box_fit_tolerance=box_fit_tolerance,
+    )
+    # Anomalies (and drift, with on_drift="fail") stop the run here, naming them.
+    anomaly_gate = AnomalyGate(
+        anomalies=example_validator.outputs["anomalies"],
+        drift=drift_check.outputs["drift"],
+        on_drift=on_drift,
+    )
     # Train the detector, export the serving signatures, record its hparams in MLMD.
     trainer = Trainer(
         run_fn=run_fn,
@@ -121,8 +155,8 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[
-            example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-            trainer, baseline_resolver, evaluator, pusher,
+            previous_span, example_gen, statistics_gen, schema_gen, example_validator,
+            drift_check, anomaly_gate, trainer, baseline_resolver, evaluator, pusher,
         ],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,

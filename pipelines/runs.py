@@ -17,6 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.coco_eval import metric as coco_metric
 from components.coco_eval import results as eval_results
 from components.coco_example_gen import executor as coco_executor
+from components.drift_check import executor as drift_executor
 from trainer import executor as trainer_executor
 
 _STATES = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
@@ -115,6 +116,8 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> di
             summary["pushed"] = pushed_record(artifact)
         elif type_name == "Model":
             summary["model"] = model_record(artifact)
+        elif type_name == "DataDrift":
+            summary["drift"] = drift_record(artifact)
     return summary
 
 
@@ -265,6 +268,22 @@ def _failure(slice_name: str, failure: Any) -> dict[str, Any]:
         message = f"{name} = {value:.4f} is below the floor {bound:.4f}"
     return {"slice": slice_name, "metric": name, "change": failure.metric_key.is_diff,
             "value": round(value, 4), "message": message}
+
+
+def drift_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
+    """DriftCheck's findings: what moved versus the previous span, and annotation issues."""
+    with open(os.path.join(artifact.uri, drift_executor.DRIFT_FILE)) as f:
+        report = json.load(f)
+    return {
+        "artifact_id": artifact.id,
+        "baseline_span": (report["baseline"] or {}).get("span"),
+        "drifted_features": report["drifted_features"],
+        "box_fit_changes": report["box_fit_changes"],
+        "features": {f["feature"]: {k: round(v, 4) for k, v in f["measurements"].items()}
+                     for f in report["features"]},
+        "duplicate_boxes": report["duplicate_boxes"],
+        "tiny_boxes": report["tiny_boxes"],
+    }
 
 
 def model_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:

@@ -51,6 +51,25 @@ def draft_schema(
     schema.default_environment.extend([TRAINING, SERVING])
     for key in _OBJECT_KEYS:
         features[key].not_in_environment.append(SERVING)
+    return add_drift_comparators(schema)
+
+
+# Span-over-span drift comparators (TFDV ``drift_comparator``): L∞ on categorical features,
+# Jensen–Shannon divergence on numeric ones. Thresholds: measured on the generator's
+# scenarios (README, "Data validation and drift"); same-distribution spans stay below them.
+CATEGORICAL_DRIFT = {fs.meta_key("camera"): 0.15, fs.meta_key("lighting"): 0.15,
+                     fs.CLASS_LABEL: 0.15}
+NUMERIC_DRIFT = {fs.STATS_BRIGHTNESS: 0.1, fs.STATS_CONTRAST: 0.1, fs.AREA: 0.1,
+                 fs.STATS_NUM_OBJECTS: 0.1}
+
+
+def add_drift_comparators(schema: schema_pb2.Schema) -> schema_pb2.Schema:
+    """Sets the curated drift comparators on ``schema`` (in place; returned for chaining)."""
+    features = {f.name: f for f in schema.feature}
+    for key, threshold in CATEGORICAL_DRIFT.items():
+        features[key].drift_comparator.infinity_norm.threshold = threshold
+    for key, threshold in NUMERIC_DRIFT.items():
+        features[key].drift_comparator.jensen_shannon_divergence.threshold = threshold
     return schema
 
 
@@ -68,7 +87,11 @@ def _set_string_domain(
 
 def class_names(schema_path: str = DEFAULT_SCHEMA_PATH) -> list[str]:
     """Class names in label order (label i+1 is names[i]): the schema is the label space."""
-    schema = tfdv.load_schema_text(schema_path)
+    return class_names_of(tfdv.load_schema_text(schema_path), schema_path)
+
+
+def class_names_of(schema: schema_pb2.Schema, schema_path: str = "the schema") -> list[str]:
+    """``class_names`` of a loaded schema."""
     domain_name = next(f.domain for f in schema.feature if f.name == fs.CLASS_TEXT)
     names = next((list(d.value) for d in schema.string_domain if d.name == domain_name), None)
     if not names:
@@ -79,8 +102,14 @@ def class_names(schema_path: str = DEFAULT_SCHEMA_PATH) -> list[str]:
     return names
 
 
-def draft_from_dataset(annotations_path: str) -> tuple[schema_pb2.Schema, int]:
-    """A draft schema for a COCO dataset, and how many of its records were quarantined."""
+def statistics_of_dataset(
+    annotations_path: str, schema: schema_pb2.Schema | None = None
+) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, int]:
+    """TFDV statistics of a COCO dataset's tf.Examples, and how many records were quarantined.
+
+    With ``schema``, categorical ints (the class label) get value counts, as in the
+    pipeline's StatisticsGen.
+    """
     dataset = coco.load_annotations(annotations_path)
     label_map = coco.label_map_of(dataset, annotations_path)
     records, quarantined = coco.plan_records(dataset, label_map)
@@ -96,5 +125,14 @@ def draft_from_dataset(annotations_path: str) -> tuple[schema_pb2.Schema, int]:
                     unreadable += 1
                     continue
                 writer.write(example.SerializeToString())
-        stats = tfdv.generate_statistics_from_tfrecord(tfrecord)
-    return draft_schema(stats, label_map.names), len(quarantined) + unreadable
+        options = tfdv.StatsOptions(schema=schema) if schema is not None else None
+        stats = tfdv.generate_statistics_from_tfrecord(tfrecord, stats_options=options)
+    return stats, len(quarantined) + unreadable
+
+
+def draft_from_dataset(annotations_path: str) -> tuple[schema_pb2.Schema, int]:
+    """A draft schema for a COCO dataset, and how many of its records were quarantined."""
+    dataset = coco.load_annotations(annotations_path)
+    names = coco.label_map_of(dataset, annotations_path).names
+    stats, quarantined = statistics_of_dataset(annotations_path)
+    return draft_schema(stats, names), quarantined

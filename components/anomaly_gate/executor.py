@@ -7,6 +7,7 @@ process would fail the run but leave MLMD without the reason).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -16,8 +17,13 @@ from tfx.dsl.components.base import base_executor
 from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 
+from components.drift_check import executor as drift_executor
+
 ANOMALIES_KEY = "anomalies"
 SPLITS_KEY = "splits"
+DRIFT_KEY = "drift"
+ON_DRIFT_KEY = "on_drift"
+DRIFT_ACTIONS = ("fail", "warn")
 _ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes per split
 
 # google.rpc.Code FAILED_PRECONDITION: the data, not the system, is at fault.
@@ -37,11 +43,15 @@ class Executor(base_executor.BaseExecutor):
             for split in exec_properties[SPLITS_KEY].split(",")
         }
         found = {split: lines for split, lines in found.items() if lines}
-        if not found:
+        message = _message(found) if found else ""
+        drift = (input_dict.get(DRIFT_KEY) or [None])[0]
+        if drift is not None and exec_properties.get(ON_DRIFT_KEY, "fail") == "fail":
+            message = "\n".join(m for m in (message, describe_drift(drift)) if m)
+        if not message:
             return None
         return execution_result_pb2.ExecutorOutput(
             execution_result=execution_result_pb2.ExecutionResult(
-                code=FAILED_PRECONDITION, result_message=_message(found)
+                code=FAILED_PRECONDITION, result_message=message
             )
         )
 
@@ -62,6 +72,33 @@ def describe_anomalies(anomalies) -> list[str]:
         info = anomalies.dataset_anomaly_info
         lines.append(f"<dataset>: {info.short_description} ({info.description})")
     return lines
+
+
+def describe_drift(drift: types.Artifact) -> str:
+    """What drifted, with the measured distances and thresholds ("" if nothing did)."""
+    with open(os.path.join(drift.uri, drift_executor.DRIFT_FILE)) as f:
+        report = json.load(f)
+    lines = [
+        f"  {feature['feature']}: " + ", ".join(
+            f"{name} {feature['measurements'][name]:.3f} > {feature['thresholds'][name]}"
+            for name in feature["drifted"])
+        for feature in report["features"] if feature["drifted"]
+    ]
+    lines += [
+        f"  boxes of class {name!r}: median fit (object area / box area) x{change['fit_ratio']} "
+        f"versus the baseline, {'looser' if change['fit_ratio'] < 1 else 'tighter'} labels "
+        f"(e.g. {', '.join(change['example_ids'][:5])})"
+        for name, change in sorted(report["box_fit_changes"].items())
+    ]
+    if not lines:
+        return ""
+    span = report["baseline"]["span"]
+    return (
+        f"The data drifted from the previous run's (span {span}, split {report['split']}):\n"
+        + "\n".join(lines) + "\n"
+        "If the change is real and intended, rerun with --set on_drift=warn to train on it; "
+        "thresholds live in the schema's drift_comparator fields and the run config.\n"
+    )
 
 
 def _message(found: dict[str, list[str]]) -> str:
