@@ -7,9 +7,7 @@ are shown as "too few", not as numbers.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import os
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 
 from components.coco_eval import metric as coco_metric
 from components.coco_eval import results as eval_results
+from pipelines.html_report import STYLE, cell, png, table
 
 MIN_CLASS_OBJECTS = 10  # fewer eval objects of a class: its AP is shown as "too few"
 _OVERALL_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
@@ -138,12 +137,6 @@ def _size_row(size: str, metrics: dict) -> dict[str, Any]:
 # --- rendering ---------------------------------------------------------------------------
 
 
-def _png(figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def plots(report: dict[str, Any]) -> dict[str, str]:
     """Per-class AP bars, PR curves, reliability diagram, slice mAP: base64 PNGs."""
     import matplotlib
@@ -162,7 +155,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     ax.set_ylabel("AP@[.5:.95]")
     ax.set_ylim(0, 1)
     ax.legend()
-    images["class_ap"] = _png(fig)
+    images["class_ap"] = png(fig)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -174,7 +167,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
-    images["pr_curves"] = _png(fig)
+    images["pr_curves"] = png(fig)
     plt.close(fig)
 
     reliability = report["reliability"]
@@ -189,7 +182,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     ax.set_xlabel("detection score")
     ax.set_ylabel("precision (IoU 0.5)")
     ax.legend(fontsize=8)
-    images["reliability"] = _png(fig)
+    images["reliability"] = png(fig)
     plt.close(fig)
 
     slices = [r for r in report["slices"] if "too_few" not in r]
@@ -201,36 +194,9 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     ax.set_yticks(y, [r["slice"] for r in slices])
     ax.set_xlabel("mAP")
     ax.legend(fontsize=8)
-    images["slices"] = _png(fig)
+    images["slices"] = png(fig)
     plt.close(fig)
     return images
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:+.4f}" if value < 0 else f"{value:.4f}"
-    return html.escape(str(value))
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        if "too_few" in row:
-            cells = (f"<td>{_cell(row[columns[0]])}</td><td>{_cell(row[columns[1]])}</td>"
-                     f"<td class=few colspan={len(columns) - 2}>{html.escape(row['too_few'])}</td>")
-        else:
-            cells = "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns)
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-_STYLE = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}.few{color:#888;
-text-align:center;font-style:italic}.bad{color:#b00}.good{color:#070}img{max-width:100%}"""
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -250,20 +216,20 @@ def render_html(report: dict[str, Any]) -> str:
         return f"<h3>{title}</h3><img src='data:image/png;base64,{images[key]}'>"
 
     return f"""<!doctype html><html><head><meta charset=utf-8>
-<title>Sightline evaluation · {html.escape(report['run_id'])}</title><style>{_STYLE}</style></head>
+<title>Sightline evaluation · {html.escape(report['run_id'])}</title><style>{STYLE}</style></head>
 <body><h1>Evaluation of run {html.escape(report['run_id'])}</h1>
 <p>{html.escape(report['pipeline'])} · status {html.escape(report['status'])} · {verdict} ·
 {pushed} · {baseline}</p>{blocked}
-<h2>Overall</h2>{_table(report['overall'], ['metric', 'value', 'baseline', 'change'])}
-<h2>Slices</h2>{_table(report['slices'], ['slice', 'images', *_SLICE_KEYS,
+<h2>Overall</h2>{table(report['overall'], ['metric', 'value', 'baseline', 'change'])}
+<h2>Slices</h2>{table(report['slices'], ['slice', 'images', *_SLICE_KEYS,
                                           'baseline_mAP', 'change_mAP'])}
 {img('slices', 'mAP per slice')}
-<h2>Per class</h2>{_table(report['classes'], ['class', 'objects', 'AP', 'AP50',
+<h2>Per class</h2>{table(report['classes'], ['class', 'objects', 'AP', 'AP50',
                                               'score_threshold', 'F1', 'D-ECE', 'baseline_AP'])}
 {img('class_ap', 'AP per class')}{img('pr_curves', 'Precision-recall at IoU 0.5')}
-<h2>Per object size (COCO area ranges)</h2>{_table(report['sizes'],
+<h2>Per object size (COCO area ranges)</h2>{table(report['sizes'],
                                                 ['size', 'objects', 'AP', 'AR100'])}
-<h2>Calibration</h2><p>D-ECE (IoU 0.5): {_cell(dece)}.
+<h2>Calibration</h2><p>D-ECE (IoU 0.5): {cell(dece)}.
 Bars below the diagonal: scores overstate precision.</p>{img('reliability', 'Reliability')}
 <p>Source: <code>{html.escape(report['evaluation_uri'])}</code></p></body></html>"""
 

@@ -17,6 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.coco_eval import metric as coco_metric
 from components.coco_eval import results as eval_results
 from components.coco_example_gen import executor as coco_executor
+from components.drift_check import DataDrift
 from components.drift_check import executor as drift_executor
 from trainer import executor as trainer_executor
 
@@ -116,7 +117,7 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> di
             summary["pushed"] = pushed_record(artifact)
         elif type_name == "Model":
             summary["model"] = model_record(artifact)
-        elif type_name == "DataDrift":
+        elif type_name == DataDrift.TYPE_NAME:
             summary["drift"] = drift_record(artifact)
     return summary
 

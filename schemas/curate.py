@@ -103,12 +103,14 @@ def class_names_of(schema: schema_pb2.Schema, schema_path: str = "the schema") -
 
 
 def statistics_of_dataset(
-    annotations_path: str, schema: schema_pb2.Schema | None = None
+    annotations_path: str, schema: schema_pb2.Schema | None = None,
+    examples_dir: str | None = None,
 ) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, int]:
     """TFDV statistics of a COCO dataset's tf.Examples, and how many records were quarantined.
 
     With ``schema``, categorical ints (the class label) get value counts, as in the
-    pipeline's StatisticsGen.
+    pipeline's StatisticsGen. With ``examples_dir``, the tf.Examples are kept there as an
+    ExampleGen-style split (gzipped TFRecords).
     """
     dataset = coco.load_annotations(annotations_path)
     label_map = coco.label_map_of(dataset, annotations_path)
@@ -116,8 +118,10 @@ def statistics_of_dataset(
     image_dir = os.path.dirname(annotations_path)
     unreadable = 0
     with tempfile.TemporaryDirectory() as tmp:
-        tfrecord = os.path.join(tmp, "examples.tfrecord")
-        with tf.io.TFRecordWriter(tfrecord) as writer:
+        out_dir = examples_dir or tmp
+        os.makedirs(out_dir, exist_ok=True)
+        tfrecord = os.path.join(out_dir, "examples.tfrecord.gz")
+        with tf.io.TFRecordWriter(tfrecord, options="GZIP") as writer:
             for record in records:
                 try:
                     example = coco.record_to_example(record, image_dir, label_map)
@@ -125,7 +129,8 @@ def statistics_of_dataset(
                     unreadable += 1
                     continue
                 writer.write(example.SerializeToString())
-        options = tfdv.StatsOptions(schema=schema) if schema is not None else None
+        options = tfdv.StatsOptions(schema=schema) if schema is not None else tfdv.StatsOptions()
+        # Beam infers gzip from the ".gz" suffix.
         stats = tfdv.generate_statistics_from_tfrecord(tfrecord, stats_options=options)
     return stats, len(quarantined) + unreadable
 

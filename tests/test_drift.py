@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
 from components.drift_check import annotations, drift
-from data import coco, synth
+from data import synth
 from schemas import DEFAULT_SCHEMA_PATH, curate
 
 SPAN_IMAGES = 400  # ~ what a small daily span holds; noise is larger than at 3,000
@@ -40,19 +37,6 @@ def test_numeric_psi_bins_at_the_baseline_deciles():
         drift.psi([50, 30, 20], [30, 30, 40]))
 
 
-def _write_split(annotations_path: str, split_dir: str) -> None:
-    """The dataset's tf.Examples as an ExampleGen split (gzipped TFRecords)."""
-    dataset = coco.load_annotations(annotations_path)
-    label_map = coco.label_map_of(dataset, annotations_path)
-    records, _ = coco.plan_records(dataset, label_map)
-    os.makedirs(split_dir)
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    with tf.io.TFRecordWriter(os.path.join(split_dir, "data.gz"), options) as writer:
-        for record in records:
-            example = coco.record_to_example(record, os.path.dirname(annotations_path), label_map)
-            writer.write(example.SerializeToString())
-
-
 @pytest.fixture(scope="module")
 def spans(tmp_path_factory) -> dict:
     """Statistics and boxes of generated spans: the default world at 4 seeds, and scenarios."""
@@ -64,8 +48,7 @@ def spans(tmp_path_factory) -> dict:
                   "loose_boxes": ("loose_boxes", 0)})
     for name, (scenario, seed) in plans.items():
         path = str(synth.generate(root / name, SPAN_IMAGES, seed=seed, scenario=scenario))
-        stats, _ = curate.statistics_of_dataset(path, schema)
-        _write_split(path, str(root / name / "split"))
+        stats, _ = curate.statistics_of_dataset(path, schema, str(root / name / "split"))
         images = list(annotations.read_split(str(root / name / "split")))
         result[name] = {"stats": stats, "images": images}
     return result

@@ -13,7 +13,7 @@ from components.drift_check import executor
 class DataDrift(artifact.Artifact):
     """Drift and annotation findings of one span versus its baseline (``drift.json``)."""
 
-    TYPE_NAME = "DataDrift"
+    TYPE_NAME = "sightline.DataDrift"  # <namespace>.<Name>: what Kubeflow's compiler accepts
 
 
 class DriftCheckSpec(ComponentSpec):
