@@ -23,6 +23,16 @@ def test_psi_matches_a_hand_computed_value():
     assert np.isfinite(drift.psi([1, 0], [0, 1])) and drift.psi([1, 0], [0, 1]) > 5
 
 
+def test_jensen_shannon_on_decile_bins():
+    baseline = np.arange(100.0)
+    assert drift.jensen_shannon(baseline, baseline) == 0.0
+    # All mass in the top bin versus 10 % in each: by hand, log base 2.
+    p, q = np.full(10, 0.1), np.eye(10)[9]
+    m = (p + q) / 2
+    expected = (np.sum(p * np.log2(p / m)) + np.log2(1 / m[9])) / 2
+    assert drift.jensen_shannon(baseline, np.full(5, 1000.0)) == pytest.approx(expected)
+
+
 def test_numeric_psi_bins_at_the_baseline_deciles():
     baseline = np.arange(100.0)  # deciles at 9.9, 19.8, ...: 10 values per bin
     assert drift.numeric_psi(baseline, baseline + 0.01) == 0.0
@@ -65,7 +75,8 @@ def _compare(spans: dict, current: str, baseline: str = "default-0") -> dict:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_same_distribution_raises_no_drift(spans, seed):
     features = _compare(spans, f"default-{seed}")
-    assert len(features) == 7  # every comparator in the curated schema was applied
+    # Every comparator in the curated schema was applied, and box aspect (derived).
+    assert len(features) == 8 and drift.BOX_ASPECT in features
     assert all({"PSI"} < set(f.measurements) for f in features.values())
     assert [f for f in features.values() if f.drifted] == []
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from components.drift_check.drift import BOX_ASPECT
 from data import feature_spec as fs
 
 MAX_IDS = 20  # example ids listed per finding; the counts are complete
@@ -49,7 +50,13 @@ def feature_values(images: Sequence[ImageBoxes]) -> dict[str, np.ndarray]:
               for key in SCALAR_FEATURES + CATEGORY_FEATURES}
     values[fs.CLASS_LABEL] = np.concatenate([image.labels for image in images]).astype(str)
     values[fs.AREA] = np.concatenate([image.areas for image in images])
+    values[BOX_ASPECT] = np.concatenate([_log2_aspect(image) for image in images])
     return values
+
+
+def _log2_aspect(image: ImageBoxes) -> np.ndarray:
+    wh = (image.boxes[:, 2:] - image.boxes[:, :2]) * [image.width, image.height]
+    return np.log2(np.maximum(wh[:, 0], 1e-6) / np.maximum(wh[:, 1], 1e-6))
 
 
 def read_split(split_uri: str) -> Iterator[ImageBoxes]:

@@ -3,6 +3,8 @@
 * **L∞ / Jensen–Shannon** come from TFDV itself: ``validate_statistics`` with
   ``previous_statistics`` applies each feature's ``drift_comparator`` in the curated schema
   (L∞ on categorical features, JS on numeric ones) and reports the measured distance.
+* **Box aspect** (``BOX_ASPECT``) is no tf.Example feature, so TFDV cannot compare it:
+  its JS divergence (on the baseline's decile bins) and PSI are computed here.
 * **PSI** (population stability index) is computed here from the features' values,
   because TFDV has none: for a numeric feature 10 bins cut at the baseline's deciles, for a
   categorical one its values. PSI = Σ (a − e) · ln(a / e) over bins, with shares floored
@@ -22,6 +24,9 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 PSI_FLOOR = 1e-4
+BOX_ASPECT = "box/log2_aspect"  # log2 of each box's width / height in pixels (0: square)
+# Checked like the schema's numeric comparators, with these JS thresholds.
+DERIVED_NUMERIC = {BOX_ASPECT: 0.1}
 _MEASUREMENT_NAMES = {
     anomalies_pb2.DriftSkewInfo.Measurement.L_INFTY: "L_inf",
     anomalies_pb2.DriftSkewInfo.Measurement.JENSEN_SHANNON_DIVERGENCE: "JS",
@@ -49,18 +54,30 @@ def psi(expected: Iterable[float], actual: Iterable[float]) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def numeric_psi(baseline: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """PSI on ``bins`` bins cut at the baseline's quantiles (outer bins open-ended).
+def _decile_counts(baseline: np.ndarray, current: np.ndarray, bins: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of both spans in ``bins`` bins cut at the baseline's quantiles.
 
     Tied quantiles (a discrete feature such as objects per image) merge into one edge;
     values equal to an edge fall in the bin to its right, the same for both spans.
     """
     edges = np.unique(np.quantile(baseline, np.linspace(0, 1, bins + 1)[1:-1]))
-    expected = np.bincount(np.searchsorted(edges, baseline, side="right"),
-                           minlength=len(edges) + 1)
-    actual = np.bincount(np.searchsorted(edges, current, side="right"),
-                         minlength=len(edges) + 1)
-    return psi(expected, actual)
+    count = lambda values: np.bincount(  # noqa: E731
+        np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    return count(baseline), count(current)
+
+
+def numeric_psi(baseline: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """PSI on ``bins`` bins cut at the baseline's quantiles (outer bins open-ended)."""
+    return psi(*_decile_counts(baseline, current, bins))
+
+
+def jensen_shannon(baseline: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """JS divergence (log base 2, in [0, 1], like TFDV's) on the baseline's decile bins."""
+    p, q = (c / c.sum() for c in _decile_counts(baseline, current, bins))
+    m = (p + q) / 2
+    kl = lambda a: np.sum(np.where(a > 0, a * np.log2(np.where(a > 0, a, 1) / m), 0.0))  # noqa: E731
+    return float((kl(p) + kl(q)) / 2)
 
 
 def categorical_psi(baseline: np.ndarray, current: np.ndarray) -> float:
@@ -103,6 +120,15 @@ def compare(
             categorical = feature.drift_comparator.HasField("infinity_norm")
             values["PSI"] = categorical_psi(base, cur) if categorical else numeric_psi(base, cur)
             thresholds["PSI"] = psi_threshold
+        drifted = sorted(k for k, v in values.items() if v > thresholds[k])
+        results.append(FeatureDrift(name, values, thresholds, drifted))
+    # Derived features (not in tf.Examples, so not in TFDV's statistics): JS and PSI here.
+    for name, js_threshold in DERIVED_NUMERIC.items():
+        base, cur = baseline_values.get(name), current_values.get(name)
+        if base is None or cur is None or not len(base) or not len(cur):
+            continue
+        values = {"JS": jensen_shannon(base, cur), "PSI": numeric_psi(base, cur)}
+        thresholds = {"JS": js_threshold, "PSI": psi_threshold}
         drifted = sorted(k for k, v in values.items() if v > thresholds[k])
         results.append(FeatureDrift(name, values, thresholds, drifted))
     return results
