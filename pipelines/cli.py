@@ -34,7 +34,21 @@ _OVERRIDES = click.option(
 )
 
 
-@click.group()
+class _Main(click.Group):
+    """Reports "nothing recorded yet" (no store, no such run) as a message, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LookupError as e:
+            from pipelines.runs import NoRunsError  # MLMD imports: only when it happened
+
+            if isinstance(e, NoRunsError):
+                raise click.ClickException(str(e)) from e
+            raise
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """Sightline: a TFX pipeline from labelled COCO images to a served object detector."""
 
@@ -168,7 +182,7 @@ def lineage(pushed_version, home, as_json) -> None:
 # --- data / schema / compile -------------------------------------------------------------
 @main.group("data")
 def data_group() -> None:
-    """Datasets: generate the synthetic COCO dataset."""
+    """Datasets: generate the synthetic COCO dataset, report on a span's data and drift."""
 
 
 @data_group.command("synth")
@@ -190,6 +204,39 @@ def data_synth(out_dir, num_images, seed, scenario, spans) -> None:
         path = synth.generate(folder, num_images=num_images, seed=span_seed, scenario=scenario,
                               first_image_id=first_id, show_progress=True)
         console.print(f"wrote {path}")
+
+
+@data_group.command("report")
+@click.argument("span", default="latest")
+@click.option("--run", "run_id", default=None,
+              help="Only this pipeline run's DriftCheck (a run id, or 'latest').")
+@click.option("--out", "out_dir", default=None,
+              help="Folder for report.html and report.json "
+                   "(default <home>/reports/data-span-<span>-<run id>).")
+@_HOME
+def data_report(span, run_id, out_dir, home) -> None:
+    """One span's data as DriftCheck saw it: drift per feature, box quality, histograms,
+    sample images with their boxes, TFDV's Facets overview.
+
+    SPAN is a span number or 'latest' (the highest span DriftCheck checked); the newest
+    DriftCheck of that span is reported, of run --run if given."""
+    from pipelines import data_report as data_report_lib
+    from pipelines import runs
+
+    try:
+        span = data_report_lib.parse_span(span)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="SPAN") from e
+    try:
+        report_data = data_report_lib.build(runs.connect(_metadata(home)), span, run_id)
+        out_dir = out_dir or os.path.join(configs.home_dir(home), "reports",
+                                          data_report_lib.default_dir_name(report_data))
+        html_path, json_path = data_report_lib.write(report_data, out_dir)
+    except (runs.NoRunsError, data_report_lib.NoDriftCheckError) as e:
+        raise click.ClickException(str(e)) from e
+    console.print(f"data report: {html_path}\n        json: {json_path}")
+    console.print(f"span {report_data['span']} of run {report_data['run_id']}: "
+                  f"{escape(report_data['verdict']['text'])}")
 
 
 @main.group("schema")

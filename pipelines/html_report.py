@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import os
 from typing import Any
 
 
@@ -50,3 +52,14 @@ STYLE = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#2
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}.few{color:#888;
 text-align:center;font-style:italic}.bad{color:#b00}.good{color:#070}img{max-width:100%}"""
+
+
+def write(report: dict[str, Any], page: str, out_dir: str) -> tuple[str, str]:
+    """Writes ``report.html`` (``page``) and ``report.json`` (``report``); returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    html_path, json_path = (os.path.join(out_dir, f"report.{ext}") for ext in ("html", "json"))
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=2)
+    with open(html_path, "w") as f:
+        f.write(page)
+    return html_path, json_path

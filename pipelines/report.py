@@ -8,14 +8,13 @@ are shown as "too few", not as numbers.
 from __future__ import annotations
 
 import html
-import json
-import os
 from typing import Any
 
 import numpy as np
 
 from components.coco_eval import metric as coco_metric
 from components.coco_eval import results as eval_results
+from pipelines import html_report
 from pipelines.html_report import STYLE, cell, png, table
 
 MIN_CLASS_OBJECTS = 10  # fewer eval objects of a class: its AP is shown as "too few"
@@ -237,10 +236,4 @@ Bars below the diagonal: scores overstate precision.</p>{img('reliability', 'Rel
 def write(summary: dict[str, Any], out_dir: str) -> tuple[str, str]:
     """Writes ``report.html`` and ``report.json`` for a run; returns their paths."""
     report = build(summary)
-    os.makedirs(out_dir, exist_ok=True)
-    html_path, json_path = (os.path.join(out_dir, f"report.{ext}") for ext in ("html", "json"))
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
-    with open(html_path, "w") as f:
-        f.write(render_html(report))
-    return html_path, json_path
+    return html_report.write(report, render_html(report), out_dir)

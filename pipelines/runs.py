@@ -179,6 +179,14 @@ def _with_type_names(
     return [(a, types[a.type_id]) for a in artifacts]
 
 
+def span_of(artifact: metadata_store_pb2.Artifact) -> int | None:
+    """An artifact's span: a property of its type, or (ExampleGen's driver) a custom one."""
+    for props in (artifact.properties, artifact.custom_properties):
+        if "span" in props:
+            return props["span"].int_value
+    return None
+
+
 def examples_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
     """Per-split counts and content hashes, and the quarantine, of an Examples artifact."""
     props = _custom(artifact)
@@ -186,7 +194,7 @@ def examples_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
     return {
         "artifact_id": artifact.id,
         "uri": artifact.uri,
-        "span": artifact.properties["span"].int_value,
+        "span": span_of(artifact),
         "splits": {
             split: {
                 "num_examples": props.get(

@@ -15,6 +15,8 @@ import tensorflow as tf
 from tests.fake_detector import save_fake_detector
 from trainer.export import ASSETS_EXTRA, HPARAMS_FILE
 
+ORACLE = ["run_fn=tests.oracle_trainer.run_fn", "train.oracle_jitter=0.05"]
+
 
 def run_fn(fn_args) -> None:
     config = fn_args.custom_config
@@ -23,3 +25,17 @@ def run_fn(fn_args) -> None:
     tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA))
     with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, HPARAMS_FILE), "w") as f:
         json.dump(config, f)
+
+
+def run_tiny(home: str, *overrides: str) -> dict:
+    """The tiny config with this run_fn (and ``overrides``); its summary, stopped or not."""
+    from rich.console import Console
+
+    from pipelines import configs, local_runner, runs
+
+    config = configs.load("tiny", [*ORACLE, *overrides])
+    try:
+        local_runner.run(config, home, Console(quiet=True))
+    except Exception:  # noqa: BLE001 (a stopped run: its summary says why)
+        pass
+    return runs.summarize(runs.connect(configs.Paths(home, config.pipeline_name).metadata))

@@ -5,32 +5,20 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from rich.console import Console
 
-from pipelines import configs, local_runner, runs
+from pipelines import configs, runs
 from pipelines.cli import main
-
-# The GT-reading model (tests/oracle_trainer.py): training is not what is tested here.
-ORACLE = ["run_fn=tests.oracle_trainer.run_fn", "train.oracle_jitter=0.05"]
-
-
-def _run(home: str, *overrides: str) -> dict:
-    config = configs.load("tiny", [*ORACLE, *overrides])
-    try:
-        local_runner.run(config, home, Console(quiet=True))
-    except Exception:  # noqa: BLE001 (a stopped run: its summary says why)
-        pass
-    return runs.summarize(runs.connect(configs.Paths(home, config.pipeline_name).metadata))
+from tests.oracle_trainer import run_tiny
 
 
 @pytest.fixture(scope="module")
 def drift_runs(tmp_path_factory) -> dict:
     home = str(tmp_path_factory.mktemp("drift"))
     return {
-        "first": _run(home),
-        "night": _run(home, "synthetic.scenario=night_heavy"),
+        "first": run_tiny(home),
+        "night": run_tiny(home, "synthetic.scenario=night_heavy"),
         # Back to the default world: drift again, versus the night span before it.
-        "back_warn": _run(home, "on_drift=warn"),
+        "back_warn": run_tiny(home, "on_drift=warn"),
         "home": home,
     }
 

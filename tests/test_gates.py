@@ -11,18 +11,16 @@ import json
 import os
 
 import pytest
-from rich.console import Console
 
 from components.model_pusher import executor as pusher_executor
-from pipelines import configs, local_runner, runs
-
-ORACLE = ["run_fn=tests.oracle_trainer.run_fn", "enable_cache=true"]
+from pipelines import configs
+from tests.oracle_trainer import run_tiny
 
 
 def _run(home: str, *overrides: str) -> dict:
-    config = configs.load("tiny", [*ORACLE, *overrides])
-    local_runner.run(config, home, Console(quiet=True))
-    return runs.summarize(runs.connect(configs.Paths(home, config.pipeline_name).metadata))
+    summary = run_tiny(home, "enable_cache=true", *overrides)
+    assert summary["status"] == "succeeded", summary.get("failure")
+    return summary
 
 
 @pytest.fixture(scope="module")
