@@ -99,7 +99,7 @@ def find_drift_check(
     drifts = store.get_artifacts_by_type(DataDrift.TYPE_NAME)
     producers = {
         e.execution_id for e in store.get_events_by_artifact_ids([a.id for a in drifts])
-        if e.type in runs._OUTPUT_EVENTS and _key(e) == drift_executor.DRIFT_KEY
+        if e.type in runs.OUTPUT_EVENTS and _key(e) == drift_executor.DRIFT_KEY
     } if drifts else set()
     where = "in this store"
     if run_id is not None:
@@ -114,7 +114,7 @@ def find_drift_check(
             "that failed before DriftCheck has nothing to report)")
     linked: dict[int, dict[str, int]] = {e.id: {} for e in executions}
     for event in store.get_events_by_execution_ids(list(linked)):
-        if event.type in runs._INPUT_EVENTS or event.type in runs._OUTPUT_EVENTS:
+        if event.type in runs.INPUT_EVENTS or event.type in runs.OUTPUT_EVENTS:
             linked[event.execution_id][_key(event)] = event.artifact_id
     artifacts = {a.id: a for a in store.get_artifacts_by_id(
         sorted({i for keys in linked.values() for i in keys.values()}))}
@@ -177,7 +177,8 @@ def _class_names(schema: metadata_store_pb2.Artifact | None) -> list[str]:
 
 
 def _num_examples(artifact: metadata_store_pb2.Artifact, split: str) -> int | None:
-    return runs._custom(artifact).get(coco_executor.NUM_EXAMPLES_PROPERTY.format(split=split))
+    key = coco_executor.NUM_EXAMPLES_PROPERTY.format(split=split)
+    return runs.custom_properties(artifact).get(key)
 
 
 # --- the report's content ----------------------------------------------------------------
@@ -197,7 +198,7 @@ def build(
         drift = json.load(f)
     split = drift["split"]
     summary = runs.summarize(store, found.run_id)
-    properties = runs._custom(found.execution)
+    properties = runs.custom_properties(found.execution)
     names = _class_names(found.schema)
     split_uri = _split_uri(found.examples, split)
     images = list(annotations.read_split(split_uri))

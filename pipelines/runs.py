@@ -22,8 +22,8 @@ from components.drift_check import executor as drift_executor
 from trainer import executor as trainer_executor
 
 _STATES = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
-_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-_INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 # The Evaluator's baseline is an earlier run's model: lineage does not follow it.
 _NOT_LINEAGE_INPUTS = {"baseline_model"}
 
@@ -112,7 +112,7 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> di
         elif type_name == "ModelEvaluation":
             summary["evaluation"] = {"uri": artifact.uri, **evaluation_record(artifact.uri)}
         elif type_name == "ModelBlessing":
-            summary["blessed"] = bool(_custom(artifact).get("blessed", 0))
+            summary["blessed"] = bool(custom_properties(artifact).get("blessed", 0))
         elif type_name == "PushedModel":
             summary["pushed"] = pushed_record(artifact)
         elif type_name == "Model":
@@ -145,14 +145,14 @@ def _component(
 
 def _execution_error(execution: metadata_store_pb2.Execution) -> str:
     """The failure message TFX stored with a failed execution."""
-    raw = _custom(execution).get("__execution_result__", "")
+    raw = custom_properties(execution).get("__execution_result__", "")
     try:
         return json.loads(raw).get("resultMessage", raw)
     except (json.JSONDecodeError, AttributeError):
         return str(raw)
 
 
-def _custom(item: Any) -> dict[str, Any]:
+def custom_properties(item: Any) -> dict[str, Any]:
     """An artifact's or execution's custom properties as plain Python values."""
     values = {}
     for key, value in item.custom_properties.items():
@@ -168,7 +168,7 @@ def _output_artifacts(
     store: metadata_store.MetadataStore, execution_ids: list[int]
 ) -> list[tuple[metadata_store_pb2.Artifact, str]]:
     events = store.get_events_by_execution_ids(execution_ids)
-    ids = [e.artifact_id for e in events if e.type in _OUTPUT_EVENTS]
+    ids = [e.artifact_id for e in events if e.type in OUTPUT_EVENTS]
     return _with_type_names(store, store.get_artifacts_by_id(ids)) if ids else []
 
 
@@ -189,7 +189,7 @@ def span_of(artifact: metadata_store_pb2.Artifact) -> int | None:
 
 def examples_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
     """Per-split counts and content hashes, and the quarantine, of an Examples artifact."""
-    props = _custom(artifact)
+    props = custom_properties(artifact)
     splits = json.loads(artifact.properties["split_names"].string_value or "[]")
     return {
         "artifact_id": artifact.id,
@@ -300,13 +300,13 @@ def model_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
     prefix = trainer_executor.HPARAM_PREFIX
     hparams = {
         key.removeprefix(prefix): value
-        for key, value in sorted(_custom(artifact).items()) if key.startswith(prefix)
+        for key, value in sorted(custom_properties(artifact).items()) if key.startswith(prefix)
     }
     return {"uri": artifact.uri, "artifact_id": artifact.id, "hparams": hparams}
 
 
 def pushed_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
-    props = _custom(artifact)
+    props = custom_properties(artifact)
     return {
         "pushed": bool(props.get("pushed", 0)),
         "version": props.get("pushed_version"),
@@ -323,7 +323,8 @@ def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[st
     """
     pushed = [
         a for a in store.get_artifacts_by_type("PushedModel")
-        if _custom(a).get("pushed_version") == str(pushed_version) and _custom(a).get("pushed")
+        if custom_properties(a).get("pushed_version") == str(pushed_version)
+        and custom_properties(a).get("pushed")
     ]
     if not pushed:
         raise NoRunsError(f"no pushed model with version {pushed_version!r}")
@@ -342,13 +343,13 @@ def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[st
             if type_name == "Examples":
                 examples.append(examples_record(artifact))
         producing = [e for e in store.get_events_by_artifact_ids(artifact_ids)
-                     if e.type in _OUTPUT_EVENTS]
+                     if e.type in OUTPUT_EVENTS]
         for event in producing:
             execution = store.get_executions_by_id([event.execution_id])[0]
             node = _component(store, execution)["component"]
             for inp in store.get_events_by_execution_ids([execution.id]):
                 key = inp.path.steps[0].key if inp.path.steps else ""
-                if inp.type in _INPUT_EVENTS and key not in _NOT_LINEAGE_INPUTS:
+                if inp.type in INPUT_EVENTS and key not in _NOT_LINEAGE_INPUTS:
                     edges.append({"from_artifact": inp.artifact_id, "execution": node,
                                   "input": key, "to_artifact": event.artifact_id})
                     frontier.append(inp.artifact_id)
