@@ -12,7 +12,7 @@ from PIL import Image
 
 from data import feature_spec as fs
 from trainer.config import TrainConfig
-from trainer.input import augment, make_dataset, parse_example
+from trainer.input import augment, class_repeat_factors, make_dataset, parse_example
 from trainer.model import HEATMAP
 from trainer.preprocess import preprocess_image
 from trainer.targets import MASK
@@ -54,14 +54,15 @@ def test_augmentation_is_deterministic_per_seed():
     assert not np.array_equal(first[0].numpy(), other[0].numpy())
 
 
-def _example(index: int) -> tf.train.Example:
+def _example(index: int, labels: tuple[int, ...] = (2,)) -> tf.train.Example:
     pixels = np.zeros((80, 100, 3), np.uint8)
     pixels[20:60, 10:50] = 255
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return fs.build_example(encoded=buffer.getvalue(), image_format="png", height=80,
-                            width=100, source_id=str(index), boxes=[(0.25, 0.1, 0.75, 0.5)],
-                            labels=[2], texts=["b"])
+                            width=100, source_id=str(index),
+                            boxes=[(0.25, 0.1, 0.75, 0.5)] * len(labels), labels=list(labels),
+                            texts=["ab"[label - 1] for label in labels])
 
 
 def test_parse_uses_the_shared_preprocessing():
@@ -73,11 +74,15 @@ def test_parse_uses_the_shared_preprocessing():
     assert classes.numpy().tolist() == [2]
 
 
-def test_training_batches_are_static_and_repeatable(tmp_path):
-    path = os.path.join(tmp_path, "data.gz")
+def _write(path: str, examples: list[tf.train.Example]) -> str:
     with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
-        for i in range(5):
-            w.write(_example(i).SerializeToString())
+        for example in examples:
+            w.write(example.SerializeToString())
+    return path
+
+
+def test_training_batches_are_static_and_repeatable(tmp_path):
+    path = _write(os.path.join(tmp_path, "data.gz"), [_example(i) for i in range(5)])
     config = TrainConfig(class_names=("a", "b"), input_size=SIZE, batch_size=2)
     first, second = (next(iter(make_dataset([path], config, training=True))) for _ in range(2))
     images, targets = first
@@ -86,3 +91,25 @@ def test_training_batches_are_static_and_repeatable(tmp_path):
     np.testing.assert_array_equal(images.numpy(), second[0].numpy())
     eval_batches = list(make_dataset([str(tmp_path / "*")], config, training=False))
     assert [b[0].shape[0] for b in eval_batches] == [2, 2, 1]  # eval keeps every example
+
+
+def _long_tail(tmp_path) -> str:
+    """8 images of class 1 only, 2 that also hold class 2 (f_1 = 1.0, f_2 = 0.2)."""
+    examples = [_example(i, (1,)) for i in range(8)] + [_example(i, (1, 2)) for i in (8, 9)]
+    return _write(os.path.join(tmp_path, "tail.gz"), examples)
+
+
+def test_repeat_factors_follow_the_rarest_class(tmp_path):
+    # r_c = max(1, sqrt(t / f_c)): class 1 in every image -> 1; class 2 in 20 % -> 2.
+    factors = class_repeat_factors([_long_tail(tmp_path)], num_classes=2, threshold=0.8)
+    np.testing.assert_allclose(factors, [1.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize(("threshold", "rare_share"), [(0.0, 2 / 10), (0.8, 4 / 12)])
+def test_repeat_factor_sampling_oversamples_rare_class_images(tmp_path, threshold, rare_share):
+    config = TrainConfig(class_names=("a", "b"), input_size=SIZE, batch_size=1,
+                         repeat_factor_threshold=threshold)
+    dataset = make_dataset([_long_tail(tmp_path)], config, training=True).take(600)
+    has_rare = [targets[HEATMAP][0, ..., 1].numpy().max() > 0.99 for _, targets in dataset]
+    # Images with class 2 appear twice per pass: 4 of 12 draws instead of 2 of 10.
+    assert np.mean(has_rare) == pytest.approx(rare_share, abs=0.05)

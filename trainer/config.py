@@ -33,6 +33,10 @@ class TrainConfig:
     seed: int = 42
     max_detections: int = 100
     strategy: str = "default"
+    # Repeat-factor sampling for the long tail (LVIS, Gupta et al. 2019): an image is shown
+    # max(1, sqrt(t / f_c)) times per pass for its rarest class c, f_c being the share of
+    # training images containing c. 0 turns it off; e.g. 0.3 repeats classes in < 30 %.
+    repeat_factor_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON; a tuple keeps the config hashable and immutable.
@@ -54,6 +58,9 @@ class TrainConfig:
                 problems.append(f"{name}={getattr(self, name)}; must be >= 1")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             problems.append("learning_rate must be > 0, weight_decay and warmup_epochs >= 0")
+        if not 0 <= self.repeat_factor_threshold <= 1:
+            problems.append(f"repeat_factor_threshold={self.repeat_factor_threshold}; use 0 "
+                            "(off) up to 1")
         if problems:
             raise ValueError("Invalid TrainConfig: " + "; ".join(problems))
 

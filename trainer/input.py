@@ -8,6 +8,7 @@ two runs with the same seed see exactly the same batches.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from data import feature_spec as fs
@@ -23,6 +24,7 @@ SCALE_RANGE = (0.85, 1.15)
 MIN_VISIBLE_FRACTION = 0.3
 FILL_VALUE = 0.5  # grey where zooming out leaves no pixels
 SHUFFLE_BUFFER = 2048
+REPEAT_SHUFFLE_BUFFER = 128
 
 
 def list_files(patterns: list[str]) -> list[str]:
@@ -37,6 +39,44 @@ def count_examples(patterns: list[str]) -> int:
     """Number of records, so steps per epoch (and the LR schedule) follow the data."""
     records = tf.data.TFRecordDataset(list_files(patterns), compression_type="GZIP")
     return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def class_repeat_factors(patterns: list[str], num_classes: int, threshold: float) -> np.ndarray:
+    """[num_classes + 1] repeat factor per class id: max(1, sqrt(threshold / f_c)).
+
+    ``f_c`` is the share of images holding class c (index 0, no class, stays 1). Reads only
+    the labels, so it costs a pass over the records, not over the decoded images.
+    """
+    spec = {fs.CLASS_LABEL: tf.io.VarLenFeature(tf.int64)}
+    records = tf.data.TFRecordDataset(list_files(patterns), compression_type="GZIP")
+    labels = records.map(lambda s: tf.sparse.to_dense(tf.io.parse_single_example(s, spec)[
+        fs.CLASS_LABEL]))
+    images_with = np.zeros(num_classes + 1)
+    num_images = 0
+    for classes in labels.as_numpy_iterator():
+        images_with[np.unique(classes)] += 1
+        num_images += 1
+    share = images_with / max(num_images, 1)
+    factors = np.sqrt(threshold / np.maximum(share, 1e-12))
+    factors[share == 0] = 1.0  # a class that never occurs cannot be repeated
+    factors = np.maximum(factors, 1.0)
+    factors[0] = 1.0
+    return factors
+
+
+def _repeat_by_rarest_class(ds: tf.data.Dataset, factors: np.ndarray, seed: int
+                            ) -> tf.data.Dataset:
+    """Each (index, example) k times, k = floor(r) or ceil(r) (stochastic rounding), where
+    r is the largest factor among the example's classes; stateless, so runs repeat."""
+    table = tf.constant(factors, tf.float32)
+
+    def copies(index: tf.Tensor, example: tuple[tf.Tensor, ...]) -> tf.data.Dataset:
+        rate = tf.reduce_max(tf.concat([[1.0], tf.gather(table, example[2])], axis=0))
+        draw = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), index]))
+        times = tf.floor(rate) + tf.cast(draw < rate - tf.floor(rate), tf.float32)
+        return tf.data.Dataset.from_tensors(example).repeat(tf.cast(times, tf.int64))
+
+    return ds.enumerate().flat_map(copies)
 
 
 def parse_example(serialized: tf.Tensor, input_size: int) -> tuple[tf.Tensor, ...]:
@@ -115,7 +155,14 @@ def make_dataset(patterns: list[str], config: TrainConfig, training: bool) -> tf
     ds = ds.map(lambda s: parse_example(s, config.input_size), tf.data.AUTOTUNE).cache()
     if training:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=config.seed, reshuffle_each_iteration=True)
-        ds = ds.repeat().enumerate()
+        ds = ds.repeat()
+        if config.repeat_factor_threshold > 0:
+            factors = class_repeat_factors(patterns, config.num_classes,
+                                           config.repeat_factor_threshold)
+            ds = _repeat_by_rarest_class(ds, factors, config.seed)
+            # Copies of one image would sit side by side: spread them over a few batches.
+            ds = ds.shuffle(REPEAT_SHUFFLE_BUFFER, seed=config.seed)
+        ds = ds.enumerate()
         ds = ds.map(
             lambda i, x: augment(*x, seed=tf.stack([tf.cast(config.seed, tf.int64), i])),
             tf.data.AUTOTUNE,
