@@ -15,7 +15,14 @@ def preprocess_image(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
     The image is stretched to the square input (no letterbox), so normalized boxes are
     unchanged by preprocessing and decoded boxes map straight back to the original image.
     """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    # JPEG with the accurate integer IDCT: decode_image's default (IFAST) differs from
+    # libjpeg's standard decode by up to 12/255 per pixel, which Pillow on an edge device
+    # (serving/edge_preprocess.py) would then have to imitate.
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
     image = tf.image.convert_image_dtype(image, tf.float32)
     image = tf.image.resize(image, (input_size, input_size), method="bilinear", antialias=True)
     image = tf.clip_by_value(image, 0.0, 1.0)  # antialiased resampling can overshoot
