@@ -245,38 +245,50 @@ class _CocoCombiner(beam.CombineFn):
     def extract_output(
         self, accumulator: list[cocoeval.ImageData]
     ) -> dict[metric_types.MetricKey, Any]:
-        # Beam merges in no fixed order; pycocotools visits images in id order, which
-        # decides how exact score ties across images are ranked.
-        ordered = sorted(accumulator, key=lambda image: (len(image.image_id), image.image_id))
-        per_class = cocoeval.match_images(ordered, len(self._class_names))
-        summary = cocoeval.evaluate(ordered, len(self._class_names), per_class)
-        calibrated = calibration.calibrate(per_class)
-        enough = len(ordered) >= self._min_images
-        values: dict[str, Any] = dict(zip((self._name, *STAT_NAMES), summary.stats, strict=True))
-        values.update({
-            NUM_IMAGES: len(ordered),
-            ENOUGH_IMAGES: int(enough),
-            SLICE_MAP: summary.stats[0] if enough else 0.0,
-            NUM_OBJECTS: summary.num_gt[:, cocoeval.ALL].sum(),
-            DECE: calibrated.ece,
-            RELIABILITY_COUNT: calibrated.bin_count,
-            RELIABILITY_SCORE: calibrated.bin_score,
-            RELIABILITY_PRECISION: calibrated.bin_precision,
-        })
-        for size, area in zip(SIZE_NAMES, (cocoeval.SMALL, cocoeval.MEDIUM, cocoeval.LARGE),
-                              strict=True):
-            values[f"{NUM_OBJECTS}_{size}"] = summary.num_gt[:, area].sum()
-        for k, name in enumerate(self._class_names):
-            values[f"{NUM_OBJECTS}/{name}"] = summary.num_gt[k, cocoeval.ALL]
-            if calibrated.class_ece[k] > -1:
-                values[f"{DECE}/{name}"] = calibrated.class_ece[k]
-            if summary.class_ap[k] > -1:  # -1: no GT of this class in the slice
-                values[CLASS_AP_PREFIX + name] = summary.class_ap[k]
-                values[CLASS_AP50_PREFIX + name] = summary.class_ap50[k]
-                values[THRESHOLD_PREFIX + name] = calibrated.class_threshold[k]
-                values[F1_PREFIX + name] = calibrated.class_f1[k]
-                values[PR50_PREFIX + name] = np.asarray(summary.class_pr50[k], np.float64)
+        values = coco_metrics(accumulator, self._class_names, self._min_images)
+        values[self._name] = values.pop(MAP)  # the configured name of the main key
         return {self._key(name): _plain(value) for name, value in values.items()}
+
+
+def coco_metrics(images: Sequence[cocoeval.ImageData], class_names: Sequence[str],
+                 min_images: int = DEFAULT_MIN_IMAGES) -> dict[str, Any]:
+    """One slice's metric values by key name (``MAP``, STAT_NAMES, per class, calibration).
+
+    The Evaluator's combiner and the offline evaluation of edge variants both call this,
+    so a TFLite variant is scored by exactly the code that scores the SavedModel.
+    """
+    # Beam merges in no fixed order; pycocotools visits images in id order, which
+    # decides how exact score ties across images are ranked.
+    ordered = sorted(images, key=lambda image: (len(image.image_id), image.image_id))
+    per_class = cocoeval.match_images(ordered, len(class_names))
+    summary = cocoeval.evaluate(ordered, len(class_names), per_class)
+    calibrated = calibration.calibrate(per_class)
+    enough = len(ordered) >= min_images
+    values: dict[str, Any] = dict(zip((MAP, *STAT_NAMES), summary.stats, strict=True))
+    values.update({
+        NUM_IMAGES: len(ordered),
+        ENOUGH_IMAGES: int(enough),
+        SLICE_MAP: summary.stats[0] if enough else 0.0,
+        NUM_OBJECTS: summary.num_gt[:, cocoeval.ALL].sum(),
+        DECE: calibrated.ece,
+        RELIABILITY_COUNT: calibrated.bin_count,
+        RELIABILITY_SCORE: calibrated.bin_score,
+        RELIABILITY_PRECISION: calibrated.bin_precision,
+    })
+    for size, area in zip(SIZE_NAMES, (cocoeval.SMALL, cocoeval.MEDIUM, cocoeval.LARGE),
+                          strict=True):
+        values[f"{NUM_OBJECTS}_{size}"] = summary.num_gt[:, area].sum()
+    for k, name in enumerate(class_names):
+        values[f"{NUM_OBJECTS}/{name}"] = summary.num_gt[k, cocoeval.ALL]
+        if calibrated.class_ece[k] > -1:
+            values[f"{DECE}/{name}"] = calibrated.class_ece[k]
+        if summary.class_ap[k] > -1:  # -1: no GT of this class in the slice
+            values[CLASS_AP_PREFIX + name] = summary.class_ap[k]
+            values[CLASS_AP50_PREFIX + name] = summary.class_ap50[k]
+            values[THRESHOLD_PREFIX + name] = calibrated.class_threshold[k]
+            values[F1_PREFIX + name] = calibrated.class_f1[k]
+            values[PR50_PREFIX + name] = np.asarray(summary.class_pr50[k], np.float64)
+    return values
 
 
 def _plain(value: Any) -> Any:
