@@ -17,7 +17,7 @@ setup(
         "tf-keras",
         "tensorflow-model-optimization",
         "pycocotools",
-        "tflite-runtime",
+        "ai-edge-litert",  # the TFLite runtime for serving/tflite_runner.py
         "pillow",
         "matplotlib",
         "click",

@@ -9,6 +9,7 @@ signatures without Keras.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -18,7 +19,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from data import feature_spec as fs
+from trainer.config import TrainConfig
 from trainer.decode import decode_detections
+from trainer.model import build_model
 from trainer.preprocess import preprocess_batch
 
 SERVING_DEFAULT = "serving_default"
@@ -76,3 +79,24 @@ def export_saved_model(detector: keras.Model, export_dir: str, input_size: int,
     for name, content in ((HPARAMS_FILE, hparams), (LABELS_FILE, list(class_names))):
         with tf.io.gfile.GFile(os.path.join(extra, name), "w") as f:
             json.dump(content, f, indent=2, sort_keys=True)
+
+
+def load_detector(export_dir: str) -> tuple[keras.Model, TrainConfig]:
+    """The inverse of ``export_saved_model``: the Keras detector and its TrainConfig.
+
+    Rebuilds the model from ``hparams.json`` and copies the SavedModel's variables into
+    it (export saves variables, not Keras objects), for QAT and TFLite conversion.
+    """
+    with tf.io.gfile.GFile(os.path.join(export_dir, ASSETS_EXTRA, HPARAMS_FILE)) as f:
+        hparams = json.load(f)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig.from_dict({k: v for k, v in hparams.items() if k in known})
+    detector = build_model(config.model_size, config.input_size, config.num_classes)
+    saved = tf.saved_model.load(export_dir).weights
+    expected = [v.name for v in detector.variables]
+    if [v.name for v in saved] != expected:
+        raise ValueError(f"{export_dir}: its variables do not match a {config.model_size!r} "
+                         f"detector rebuilt from hparams.json ({len(saved)} vs {len(expected)})")
+    for variable, value in zip(detector.variables, saved, strict=True):
+        variable.assign(value)
+    return detector, config

@@ -41,7 +41,7 @@ class TrainResult:
     final_eval_loss: float
 
 
-class _CenterNetTrainer(keras.Model):
+class CenterNetTrainer(keras.Model):
     """Adds CenterNet's loss to a functional detector for ``fit``/``evaluate``.
 
     The steps are ``do_not_convert``: autograph would otherwise transpile tf_keras's own
@@ -95,6 +95,18 @@ class RaiseOnNaN(keras.callbacks.Callback):
                 f"last logs: {json.dumps({k: float(v) for k, v in logs.items()})}. "
                 "Lower learning_rate or check the input boxes."
             )
+
+
+def make_optimizer(peak_learning_rate: float, weight_decay: float, total_steps: int,
+                   warmup_steps: int) -> keras.optimizers.Optimizer:
+    """AdamW on a warmup + cosine schedule, clipped, with no decay on BN and biases."""
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=WarmupCosine(peak_learning_rate, total_steps, warmup_steps),
+        weight_decay=weight_decay,
+        global_clipnorm=GLOBAL_CLIPNORM,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return optimizer
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -151,14 +163,9 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
     # --- model and optimizer, built under the strategy ----------------------------------
     with strategy.scope():
         detector = build_model(config.model_size, config.input_size, config.num_classes)
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=WarmupCosine(config.learning_rate, total_steps, warmup_steps),
-            weight_decay=config.weight_decay,
-            global_clipnorm=GLOBAL_CLIPNORM,
-        )
-        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
-        trainer = _CenterNetTrainer(detector)
-        trainer.compile(optimizer=optimizer)
+        trainer = CenterNetTrainer(detector)
+        trainer.compile(optimizer=make_optimizer(
+            config.learning_rate, config.weight_decay, total_steps, warmup_steps))
 
     # --- callbacks: resume, checkpoints, TensorBoard, loud NaN ------------------------
     callbacks = [
