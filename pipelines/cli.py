@@ -367,3 +367,16 @@ def render_summary(summary: dict[str, Any]) -> None:
         console.print(f"pushed: version {pushed['version']} -> {pushed['destination']}")
     elif pushed:
         console.print("pushed: [yellow]no[/] (the model was not blessed)")
+    variants = summary.get("edge_variants")
+    if variants:
+        table = Table("edge variant", "KB", "mAP", "mAP50", "D-ECE", "mAP change")
+        for name, v in variants.items():
+            table.add_row(name, f"{v['size_bytes'] / 1024:.0f}", f"{v['mAP']:.3f}",
+                          f"{v['mAP50']:.3f}", f"{v['D-ECE']:.3f}", f"{v['mAP_change']:+.4f}")
+        console.print(table)
+    edge = summary.get("edge_push")
+    if edge and edge["pushed"]:
+        console.print(f"edge bundle: {edge['variant']} version {edge['version']} -> "
+                      f"{edge['destination']}")
+    if edge:
+        console.print("edge selection: " + escape(edge["reason"]))

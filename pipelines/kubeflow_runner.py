@@ -37,11 +37,14 @@ def compile_pipeline(
     data_root: str,
     serving_model_dir: str,
     image: str = DEFAULT_IMAGE,
+    edge_bundle_dir: str | None = None,
 ) -> str:
     """Writes the KFP v2 pipeline JSON to output_path and returns the path.
 
     Args:
       pipeline_root / data_root / serving_model_dir: cluster-visible URIs (e.g. gs://).
+      edge_bundle_dir: where edge bundles go (cluster-visible); default:
+        ``<serving_model_dir>-edge``. Unused when ``config.edge`` is False.
       image: the container image with Sightline installed (``pip install -e .``).
     """
     if not _KFP_NAME.match(config.pipeline_name):
@@ -56,6 +59,8 @@ def compile_pipeline(
         pipeline_root=pipeline_root,
         data_root=data_root,
         serving_model_dir=serving_model_dir,
+        edge_bundle_dir=(edge_bundle_dir or serving_model_dir.rstrip("/") + "-edge")
+        if config.edge else None,
         beam_pipeline_args=config.beam_extra_args,
     )
     orchestration = _runner_class()

@@ -19,6 +19,7 @@ def build(config: configs.RunConfig, paths: configs.Paths, data_root: str) -> tf
         pipeline_root=paths.pipeline_root,
         data_root=data_root,
         serving_model_dir=paths.serving_model_dir,
+        edge_bundle_dir=paths.edge_bundle_dir if config.edge else None,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata
         ),

@@ -18,6 +18,8 @@ from components.coco_eval import metric as coco_metric
 from components.coco_example_gen import CocoExampleGen
 from components.drift_check import DriftCheck
 from components.drift_check.resolver import LatestIfAnyStrategy
+from components.edge_optimizer import EdgeOptimizer
+from components.edge_pusher import EdgePusher
 from components.model_pusher import ModelPusher
 from data import feature_spec as fs
 from trainer import executor as trainer_executor
@@ -54,6 +56,10 @@ def create_pipeline(
     psi_threshold: float = 0.25,
     box_fit_tolerance: float = 0.3,
     previous_span_strategy: type = LatestIfAnyStrategy,
+    edge_bundle_dir: str | None = None,
+    qat_epochs: int = 1,
+    qat_learning_rate: float = 1e-4,
+    edge_map_tolerance: float = 0.01,
     metadata_connection_config: Any = None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,
@@ -73,6 +79,11 @@ def create_pipeline(
         L∞ / JS thresholds are the schema's drift comparators.
       previous_span_strategy: how the previous span is resolved (Kubeflow needs TFX's own
         LatestArtifactStrategy).
+      edge_bundle_dir: where EdgePusher writes edge bundles; None leaves out the edge
+        branch (EdgeOptimizer and EdgePusher), e.g. for a run_fn whose model is not the
+        Keras detector in ``trainer/``.
+      qat_epochs / qat_learning_rate: the QAT fine-tune; edge_map_tolerance: how much
+        mAP a shipped TFLite variant may lose versus the float model.
     """
     # Ingest COCO images and boxes; bad records are quarantined, splits are hashed.
     example_gen = CocoExampleGen(
@@ -151,13 +162,34 @@ def create_pipeline(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),
     ).with_id("Pusher")
+    components = [
+        previous_span, example_gen, statistics_gen, schema_gen, example_validator,
+        drift_check, anomaly_gate, trainer, baseline_resolver, evaluator, pusher,
+    ]
+    if edge_bundle_dir:
+        # QAT + float32/fp16/int8 TFLite variants, each scored like the float model.
+        edge_optimizer = EdgeOptimizer(
+            model=trainer.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            qat_epochs=qat_epochs,
+            qat_learning_rate=qat_learning_rate,
+            min_slice_images=min_slice_images,
+        )
+        # For a blessed model: the smallest variant within the tolerance, as a bundle.
+        edge_pusher = EdgePusher(
+            model_blessing=evaluator.outputs["blessing"],
+            examples=example_gen.outputs["examples"],
+            edge_evaluation=edge_optimizer.outputs["edge_evaluation"],
+            variants={key: edge_optimizer.outputs[key]
+                      for key in EdgeOptimizer.SPEC_CLASS.OUTPUTS if key.endswith("_model")},
+            base_directory=edge_bundle_dir,
+            map_tolerance=edge_map_tolerance,
+        )
+        components += [edge_optimizer, edge_pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[
-            previous_span, example_gen, statistics_gen, schema_gen, example_validator,
-            drift_check, anomaly_gate, trainer, baseline_resolver, evaluator, pusher,
-        ],
+        components=components,
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),

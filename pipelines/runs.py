@@ -19,12 +19,16 @@ from components.coco_eval import results as eval_results
 from components.coco_example_gen import executor as coco_executor
 from components.drift_check import DataDrift
 from components.drift_check import executor as drift_executor
+from components.edge_optimizer import TFLiteModel
+from components.edge_pusher import EdgeBundle
 from trainer import executor as trainer_executor
 
 _STATES = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 # The Evaluator's baseline is an earlier run's model: lineage does not follow it.
+# Custom properties the EdgeOptimizer sets on each TFLiteModel, shown per variant.
+EDGE_VARIANT_PROPERTIES = ("size_bytes", "mAP", "mAP50", "D-ECE", "mAP_change")
 _NOT_LINEAGE_INPUTS = {"baseline_model"}
 
 
@@ -119,6 +123,16 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> di
             summary["model"] = model_record(artifact)
         elif type_name == DataDrift.TYPE_NAME:
             summary["drift"] = drift_record(artifact)
+        elif type_name == TFLiteModel.TYPE_NAME:
+            props = custom_properties(artifact)
+            summary.setdefault("edge_variants", {})[props["variant"]] = {
+                "uri": artifact.uri, **{k: props[k] for k in EDGE_VARIANT_PROPERTIES}}
+        elif type_name == EdgeBundle.TYPE_NAME:
+            props = custom_properties(artifact)
+            summary["edge_push"] = {
+                "pushed": bool(props.get("pushed", 0)), "variant": props.get("variant"),
+                "reason": props.get("reason"), "version": props.get("pushed_version"),
+                "destination": props.get("pushed_destination"), "artifact_id": artifact.id}
     return summary
 
 

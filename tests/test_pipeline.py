@@ -13,7 +13,7 @@ from trainer import export
 
 PIPELINE_COMPONENTS = {
     "CocoExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-    "Trainer", "Evaluator", "Pusher",
+    "Trainer", "Evaluator", "Pusher", "EdgeOptimizer", "EdgePusher",
 }
 
 
@@ -47,6 +47,27 @@ def test_whole_dag_pushes_a_model(tiny_run):
     version_dir = os.path.join(configs.Paths(home, "sightline-tiny").serving_model_dir,
                                pushed["version"])
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+
+
+def test_edge_variants_are_recorded_and_a_bundle_is_pushed(tiny_run):
+    home, summary = tiny_run
+    variants = summary["edge_variants"]
+    assert set(variants) == {"float32", "fp16", "ptq_int8", "qat_int8"}
+    for name, variant in variants.items():
+        assert os.path.getsize(os.path.join(variant["uri"], "model.tflite")) == \
+            variant["size_bytes"], name
+    assert variants["qat_int8"]["size_bytes"] < variants["float32"]["size_bytes"] / 3
+    edge = summary["edge_push"]
+    assert edge["pushed"] and edge["variant"] in variants
+    assert edge["reason"].startswith("qat_int8: mAP")  # every try is explained
+    bundle = os.path.join(configs.Paths(home, "sightline-tiny").edge_bundle_dir,
+                          edge["version"])
+    assert sorted(os.listdir(bundle)) == ["input_spec.json", "labels.txt", "metadata.json",
+                                          "model.tflite", "thresholds.json"]
+    with open(os.path.join(bundle, "metadata.json")) as f:
+        metadata = json.load(f)
+    assert metadata["variant"] == edge["variant"]
+    assert metadata["dataset"] == summary["examples"]["splits"]
 
 
 def test_lineage_reaches_the_examples_hashes(tiny_run):

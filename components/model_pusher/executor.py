@@ -31,24 +31,28 @@ def release_metadata(
     overall = eval_results.load_metrics(evaluation_uri)[eval_results.CANDIDATE].get(
         eval_results.OVERALL, {})
     prefix = coco_metric.THRESHOLD_PREFIX
-    splits = artifact_utils.decode_split_names(examples.split_names)
     return {
         # Keep a class's detections scoring at least this (max F1 on the eval split); a
         # class without eval objects has no entry: apply no class-specific threshold.
         "score_thresholds": {k.removeprefix(prefix): v for k, v in sorted(overall.items())
                              if k.startswith(prefix)},
         "metrics": {k: overall[k] for k in _HEADLINE if k in overall},
-        "dataset": {
-            split: {
-                "num_examples": examples.get_int_custom_property(
-                    coco_executor.NUM_EXAMPLES_PROPERTY.format(split=split)),
-                "content_hash": examples.get_string_custom_property(
-                    coco_executor.CONTENT_HASH_PROPERTY.format(split=split)),
-            }
-            for split in splits
-        },
+        "dataset": dataset_record(examples),
         "model_uri": model_uri,
         "evaluation_uri": evaluation_uri,
+    }
+
+
+def dataset_record(examples: types.Artifact) -> dict[str, dict[str, Any]]:
+    """{split: {num_examples, content_hash}} as CocoExampleGen recorded them in MLMD."""
+    return {
+        split: {
+            "num_examples": examples.get_int_custom_property(
+                coco_executor.NUM_EXAMPLES_PROPERTY.format(split=split)),
+            "content_hash": examples.get_string_custom_property(
+                coco_executor.CONTENT_HASH_PROPERTY.format(split=split)),
+        }
+        for split in artifact_utils.decode_split_names(examples.split_names)
     }
 
 
