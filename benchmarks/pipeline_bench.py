@@ -73,6 +73,8 @@ def main() -> None:
         "metrics": summary.get("evaluation", {}).get("overall", {}),
         "blessed": summary.get("blessed"),
         "examples": {k: v["num_examples"] for k, v in summary["examples"]["splits"].items()},
+        "edge_variants": summary.get("edge_variants", {}),
+        "edge_push": summary.get("edge_push"),
     }
     _print_table(result)
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -93,6 +95,11 @@ def _print_table(result: dict) -> None:
     print(f"{'whole DAG (incl. start-up)':<34}{result['pipeline_seconds']:>10.1f}")
     print(f"{'peak RSS (MB)':<34}{result['peak_rss_mb']:>10}")
     print(f"status {result['status']}, blessed {result['blessed']}, metrics {result['metrics']}")
+    for name, variant in result["edge_variants"].items():
+        print(f"edge {name}: {variant['size_bytes'] / 1024:.0f} KB, mAP {variant['mAP']:.4f}")
+    if result["edge_push"]:
+        print(f"edge push: {result['edge_push']['variant'] or 'none'}: "
+              f"{result['edge_push']['reason']}")
 
 
 if __name__ == "__main__":

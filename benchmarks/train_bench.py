@@ -46,7 +46,7 @@ from trainer.config import MODEL_SIZES, TrainConfig
 from trainer.export import SERVING_EXAMPLES, export_saved_model
 from trainer.input import count_examples
 from trainer.model import build_model
-from trainer.train import train
+from trainer.train import TrainResult, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -136,17 +136,35 @@ def score(serving_dir: str, eval_pattern: str, num_classes: int) -> dict[str, fl
     return stats
 
 
+def train_and_export(config: TrainConfig, splits: dict[str, str], work: str
+                     ) -> tuple[TrainResult, str, float]:
+    """Trains on the bench splits and exports to ``work/serving``; returns the seconds too."""
+    started = time.perf_counter()
+    result = train(config, [splits["train"]], [splits["eval"]], os.path.join(work, "run"))
+    seconds = time.perf_counter() - started
+    serving_dir = os.path.join(work, "serving")
+    export_saved_model(result.detector, serving_dir, config.input_size, config.max_detections,
+                       config.to_dict(), list(config.class_names))
+    return result, serving_dir, seconds
+
+
+def bench_data(config_name: str, overrides: list[str] = ()
+               ) -> tuple[configs.RunConfig, dict[str, str]]:
+    """The pipeline config (``--set`` overrides applied to ``train``) and its split files."""
+    # The pipeline's own config and override parser: --set epochs=4 is train.epochs=4.
+    run_config = configs.load(config_name, [f"train.{item}" for item in overrides])
+    synthetic = run_config.synthetic
+    # The generator's source is part of the key: a changed generator makes new data.
+    version = hashlib.sha256(pathlib.Path(synth.__file__).read_bytes()).hexdigest()[:8]
+    return run_config, _write_splits(synthetic, DATA_CACHE / f"{synthetic.key}-{version}")
+
+
 def bench_size(size: str, train_config: dict, splits: dict[str, str], peak: float) -> dict:
     config = TrainConfig.from_dict(
         {**train_config, "class_names": list(synth.CLASS_NAMES), "model_size": size})
     num_train = count_examples([splits["train"]])
     with tempfile.TemporaryDirectory(prefix=f"train-bench-{size}-") as work:
-        started = time.perf_counter()
-        result = train(config, [splits["train"]], [splits["eval"]], os.path.join(work, "run"))
-        train_seconds = time.perf_counter() - started
-        serving_dir = os.path.join(work, "serving")
-        export_saved_model(result.detector, serving_dir, config.input_size,
-                           config.max_detections, config.to_dict(), list(config.class_names))
+        result, serving_dir, train_seconds = train_and_export(config, splits, work)
         metrics = score(serving_dir, splits["eval"], config.num_classes)
     images_seen = (num_train // config.batch_size) * config.batch_size * config.epochs
     gflops = forward_gflops(config)
@@ -176,12 +194,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR / "train_bench.json"))
     args = parser.parse_args()
 
-    # The pipeline's own config and override parser: --set epochs=4 is train.epochs=4.
-    run_config = configs.load(args.config, [f"train.{item}" for item in args.overrides])
+    run_config, splits = bench_data(args.config, args.overrides)
     synthetic = run_config.synthetic
-    # The generator's source is part of the key: a changed generator makes new data.
-    version = hashlib.sha256(pathlib.Path(synth.__file__).read_bytes()).hexdigest()[:8]
-    splits = _write_splits(synthetic, DATA_CACHE / f"{synthetic.key}-{version}")
     peak = matmul_gflops()
     rows = [bench_size(size, run_config.train, splits, peak) for size in args.sizes]
 

@@ -1,0 +1,217 @@
+"""The edge trade-off table: size, latency, accuracy and calibration per model variant.
+
+    .venv/bin/python benchmarks/edge_bench.py                  # trains the default model first
+    .venv/bin/python benchmarks/edge_bench.py --model DIR      # an exported SavedModel
+
+Without ``--model`` the default ``small`` detector is trained on the default dataset with
+the default budget (``train_bench``'s data and ``train()``, ~7 min). The variants are
+built by the EdgeOptimizer's own code (QAT fine-tune, conversion) and scored by its
+evaluation (the Evaluator's exact COCO metric on the eval split), so the table is what
+the pipeline records. One row per variant: file size, latency p50/p99 at batch 1 with 1
+and 2 threads (TFLite with XNNPACK via ai-edge-litert; the SavedModel row is TensorFlow
+with that many intra-op threads), mAP, mAP50 and D-ECE. A conv probe measures this
+CPU's int8 vs float32 XNNPACK throughput on a plain 3x3 conv stack, which bounds what
+int8 can gain here. Prints a table; writes ``benchmarks/results/edge_bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/edge_bench.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
+
+from benchmarks.train_bench import bench_data, train_and_export
+from components.coco_eval import results
+from components.coco_eval.offline import example_features, read_examples
+from components.edge_optimizer.executor import (
+    SAVED_MODEL,
+    build_variants,
+    evaluate_variants,
+)
+from data import feature_spec as fs
+from data import synth
+from pipelines import configs
+from serving.edge_preprocess import preprocess_image
+from serving.tflite_runner import TFLiteDetector
+from trainer.config import TrainConfig
+from trainer.export import load_detector
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+WARMUP, RUNS = 20, 300
+THREADS = (1, 2)
+PROBE = (64, 64, 6)  # conv probe: side, channels, layers of 3x3 convs
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = 1000 * np.asarray(seconds)
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def _time(fn) -> dict[str, float]:
+    for _ in range(WARMUP):
+        fn()
+    seconds = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - started)
+    return _percentiles(seconds)
+
+
+def tflite_latency(path: str, image: np.ndarray, threads: int) -> dict[str, float]:
+    """Batch-1 latency of one variant (the model with its decode; input already resized)."""
+    detector = TFLiteDetector(path, num_threads=threads)
+    return _time(lambda: detector.detect_image(image))
+
+
+def saved_model_latency(serving_dir: str, threads: int) -> dict[str, float]:
+    """The float SavedModel's detector + decode at batch 1 in a fresh TF process.
+
+    TensorFlow fixes its thread pools at start-up, so each thread count is its own process.
+    """
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[3]); import tensorflow as tf;"
+        "from benchmarks.edge_bench import _time; from trainer.export import load_detector;"
+        "from trainer.decode import decode_detections;"
+        "det, cfg = load_detector(sys.argv[1]); s = cfg.input_size;"
+        "f = tf.function(lambda x: decode_detections(det(x, training=False), "
+        "cfg.max_detections));"
+        "x = tf.random.stateless_uniform((1, s, s, 3), (1, 2));"
+        "print(json.dumps(_time(lambda: [v.numpy() for v in f(x).values()])))"
+    )
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code, serving_dir, str(threads), str(ROOT)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def conv_probe(work: str) -> dict[str, float]:
+    """int8 vs float32 XNNPACK p50 on the same 3x3 conv stack, 1 thread."""
+    side, channels, layers = PROBE
+    inputs = x = keras.Input((side, side, channels))
+    for _ in range(layers):
+        x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu")(x)
+    model = keras.Model(inputs, x)
+    rng = np.random.default_rng(0)
+    times = {}
+    for kind in ("float32", "int8"):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if kind == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: (
+                [rng.random((1, side, side, channels), dtype=np.float32)] for _ in range(8))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = converter.inference_output_type = tf.int8
+        path = os.path.join(work, f"probe-{kind}.tflite")
+        pathlib.Path(path).write_bytes(converter.convert())
+        interpreter = Interpreter(model_path=path, num_threads=1)
+        interpreter.allocate_tensors()
+        times[kind] = _time(interpreter.invoke)["p50_ms"]
+    gflop = 2 * layers * side * side * 9 * channels * channels / 1e9
+    return {"gflop": round(gflop, 3), "float32_ms": times["float32"], "int8_ms": times["int8"],
+            "int8_speedup": round(times["float32"] / times["int8"], 2)}
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="exported SavedModel dir (default: train one)")
+    parser.add_argument("--qat-epochs", type=int, default=configs.RunConfig.qat_epochs)
+    parser.add_argument("--qat-learning-rate", type=float,
+                        default=configs.RunConfig.qat_learning_rate)
+    parser.add_argument("--representative-examples", type=int, default=200)
+    parser.add_argument("--config", default="default", help="pipeline config for the data")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "edge_bench.json"))
+    args = parser.parse_args()
+
+    run_config, splits = bench_data(args.config)
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as work:
+        serving_dir = args.model
+        if not serving_dir:
+            config = TrainConfig.from_dict(
+                {**run_config.train, "class_names": list(synth.CLASS_NAMES)})
+            serving_dir = train_and_export(config, splits, work)[1]
+        detector, config = load_detector(serving_dir)
+        started = time.perf_counter()
+        variants = build_variants(detector, config, [splits["train"]], work, args.qat_epochs,
+                                  args.qat_learning_rate, args.representative_examples)
+        build_seconds = time.perf_counter() - started
+        paths = {}
+        for variant, flatbuffer in variants.items():
+            paths[variant] = os.path.join(work, f"{variant}.tflite")
+            pathlib.Path(paths[variant]).write_bytes(flatbuffer)
+        scores = evaluate_variants(serving_dir, paths, [splits["eval"]], config.class_names,
+                                   fs.META_KEYS, 20)
+        first = example_features(next(read_examples([splits["eval"]])))
+        image = preprocess_image(first[fs.IMAGE_ENCODED][0], config.input_size)
+        sizes = {SAVED_MODEL: _dir_bytes(serving_dir),
+                 **{v: len(b) for v, b in variants.items()}}
+        rows = []
+        for name in (SAVED_MODEL, *variants):
+            overall = scores[name][results.OVERALL]
+            row = {"variant": name, "size_bytes": sizes[name]}
+            for threads in THREADS:
+                latency = (saved_model_latency(serving_dir, threads) if name == SAVED_MODEL
+                           else tflite_latency(paths[name], image, threads))
+                row.update({f"{k}_{threads}t": v for k, v in latency.items()})
+            row.update({k: round(overall[k], 4) for k in ("mAP", "mAP50", "D-ECE")})
+            rows.append(row)
+        probe = conv_probe(work)
+
+    float_row = next(r for r in rows if r["variant"] == "float32")
+    qat_row = next(r for r in rows if r["variant"] == "qat_int8")
+    saved_row = rows[0]
+    summary = {
+        "qat_int8_smaller_than_float32_tflite": round(float_row["size_bytes"]
+                                                      / qat_row["size_bytes"], 2),
+        "qat_int8_smaller_than_saved_model": round(saved_row["size_bytes"]
+                                                   / qat_row["size_bytes"], 2),
+        "qat_int8_speedup_1t": round(float_row["p50_ms_1t"] / qat_row["p50_ms_1t"], 2),
+        "qat_int8_map_change_points": round(100 * (qat_row["mAP"] - saved_row["mAP"]), 2),
+    }
+    header = ("variant", "KB", "p50 1t", "p99 1t", "p50 2t", "p99 2t", "mAP", "mAP50", "D-ECE")
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"variants built in {build_seconds:.0f} s (QAT {args.qat_epochs} epochs)")
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join(str(v) for v in (
+            r["variant"], round(r["size_bytes"] / 1024), r["p50_ms_1t"], r["p99_ms_1t"],
+            r["p50_ms_2t"], r["p99_ms_2t"], r["mAP"], r["mAP50"], r["D-ECE"])))
+    print(f"conv probe ({probe['gflop']} GFLOP, 1 thread): float32 {probe['float32_ms']} ms, "
+          f"int8 {probe['int8_ms']} ms -> int8 x{probe['int8_speedup']}")
+    print(json.dumps(summary))
+    report = {"machine": {"processor": platform.processor(), "cpus": os.cpu_count()},
+              "dataset": run_config.synthetic.key, "model": args.model or "trained: default small",
+              "qat_epochs": args.qat_epochs, "qat_learning_rate": args.qat_learning_rate,
+              "build_seconds": round(build_seconds, 1), "rows": rows, "conv_probe": probe,
+              "summary": summary, "slices": {n: {s: {k: m[k] for k in ("mAP", "num_images")}
+                                                 for s, m in scores[n].items()}
+                                             for n in scores}}
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
