@@ -37,13 +37,12 @@ import tensorflow as tf
 from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
 from tfx.proto import example_gen_pb2
 
-from components.coco_eval import cocoeval
-from components.coco_eval.metric import image_data
+from components.coco_eval import offline, results
 from data import coco, synth
 from data import feature_spec as fs
 from pipelines import configs
 from trainer.config import MODEL_SIZES, TrainConfig
-from trainer.export import SERVING_EXAMPLES, export_saved_model
+from trainer.export import export_saved_model
 from trainer.input import count_examples
 from trainer.model import build_model
 from trainer.train import TrainResult, train
@@ -52,7 +51,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DATA_CACHE = ROOT / ".sightline" / "bench-data"
 SPLITS = (("train", 4), ("eval", 1))  # CocoExampleGen's default hash buckets
-EVAL_BATCH = 32
 METRICS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
 
 
@@ -111,29 +109,12 @@ def forward_gflops(config: TrainConfig) -> float:
     return profile.total_float_ops / 1e9
 
 
-def _features(example: tf.train.Example) -> dict[str, np.ndarray]:
-    features = {}
-    for key, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        features[key] = np.asarray(getattr(feature, kind).value)
-    return features
-
-
-def score(serving_dir: str, eval_pattern: str, num_classes: int) -> dict[str, float]:
-    """COCO metrics of the exported model on the eval split, via ``serving_examples``."""
-    serve = tf.saved_model.load(serving_dir).signatures[SERVING_EXAMPLES]
-    files = tf.io.gfile.glob(eval_pattern)
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(EVAL_BATCH)
-    images = []
-    for batch in records:
-        outputs = {k: v.numpy() for k, v in serve(examples=batch).items()}
-        for i, serialized in enumerate(batch.numpy()):
-            example = tf.train.Example.FromString(serialized)
-            images.append(image_data(_features(example), {k: v[i] for k, v in outputs.items()}))
-    summary = cocoeval.evaluate(images, num_classes)
-    stats = dict(zip(METRICS, summary.stats[:6].tolist(), strict=True))
-    stats["num_eval_images"] = len(images)
-    return stats
+def score(serving_dir: str, eval_pattern: str, class_names: list[str]) -> dict[str, float]:
+    """COCO metrics of the exported model on the eval split, by the Evaluator's metric code."""
+    detect = offline.saved_model_detector(serving_dir)
+    overall = offline.evaluate(detect, offline.read_examples([eval_pattern]), class_names,
+                               slice_keys=())[results.OVERALL]
+    return {**{m: overall[m] for m in METRICS}, "num_eval_images": int(overall["num_images"])}
 
 
 def train_and_export(config: TrainConfig, splits: dict[str, str], work: str
@@ -165,7 +146,7 @@ def bench_size(size: str, train_config: dict, splits: dict[str, str], peak: floa
     num_train = count_examples([splits["train"]])
     with tempfile.TemporaryDirectory(prefix=f"train-bench-{size}-") as work:
         result, serving_dir, train_seconds = train_and_export(config, splits, work)
-        metrics = score(serving_dir, splits["eval"], config.num_classes)
+        metrics = score(serving_dir, splits["eval"], list(config.class_names))
     images_seen = (num_train // config.batch_size) * config.batch_size * config.epochs
     gflops = forward_gflops(config)
     images_per_s = images_seen / train_seconds
