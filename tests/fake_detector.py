@@ -41,10 +41,16 @@ class FakeDetector(tf.Module):
         boxes = tf.stack([tf.sparse.to_dense(parsed[k]) for k in box_keys], axis=-1)
         labels = tf.cast(tf.sparse.to_dense(parsed[fs.CLASS_LABEL]), tf.float32)[..., None]
         count = tf.RaggedTensor.from_sparse(parsed[fs.CLASS_LABEL]).row_lengths()
-        seed = boxes[..., :1] * 97.0 + boxes[..., 3:] * 31.0
+        # An integer hash of the box: tf.sin's last bits depend on the batch shape (SIMD
+        # vs scalar paths), and a sin-based hash amplified them into different detections
+        # for the same image in TFMA's batches and in a direct call.
+        seed = tf.cast(tf.round((boxes[..., :1] * 97.0 + boxes[..., 3:] * 31.0) * 1e4), tf.int64)
 
-        def noise(k: float) -> tf.Tensor:
-            return tf.math.floormod(tf.sin(seed * 12.9898 + k * 78.233) * 43758.5453, 1.0)
+        def noise(k: int) -> tf.Tensor:
+            modulus = 2**31 - 1  # Park-Miller: h * 48271 stays far inside int64
+            h = tf.math.floormod(seed * 2654435761 + k * 97531 + 1, modulus)
+            h = tf.math.floormod(tf.math.floormod(h * 48271, modulus) * 48271, modulus)
+            return tf.cast(h, tf.float32) / modulus
 
         size = tf.tile(boxes[..., 2:] - boxes[..., :2], [1, 1, 2])
         jitter = (tf.concat([noise(k) for k in range(4)], -1) - 0.5) * scale[:, None, None] * size
