@@ -15,6 +15,8 @@ Evaluator uses. Prints a table and writes ``benchmarks/results/train_bench.json`
 * ``gflops_per_image``: forward-pass FLOPs (x2 MACs) at the input size, from TF's profiler;
 * ``matmul_fraction``: 3 x forward FLOPs (forward + backward) x images/s over this CPU's
   measured float32 matmul throughput: how much of the machine training uses.
+* ``mAP_agnostic``, ``mAP50_agnostic``: the same scoring with every class merged into one,
+  so the gap to ``mAP`` is what confusing the shapes costs, the rest is localization.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
 from tfx.proto import example_gen_pb2
 
 from components.coco_eval import offline, results
+from components.coco_eval.metric import DETECTIONS_KEY
 from data import coco, synth
 from data import feature_spec as fs
 from pipelines import configs
@@ -52,6 +55,9 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 DATA_CACHE = ROOT / ".sightline" / "bench-data"
 SPLITS = (("train", 4), ("eval", 1))  # CocoExampleGen's default hash buckets
 METRICS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
+# The same metrics with every class merged into one: what finding and fitting boxes
+# scores; the gap to METRICS is what naming the shapes costs.
+AGNOSTIC_METRICS = ("mAP", "mAP50")
 
 
 def _write_splits(synthetic: configs.SyntheticData, out: pathlib.Path) -> dict[str, str]:
@@ -109,12 +115,36 @@ def forward_gflops(config: TrainConfig) -> float:
     return profile.total_float_ops / 1e9
 
 
+def _one_class(example: bytes) -> bytes:
+    """The serialized example with every object relabelled class 1."""
+    parsed = tf.train.Example.FromString(example)
+    labels = parsed.features.feature[fs.CLASS_LABEL].int64_list.value
+    labels[:] = [1] * len(labels)
+    return parsed.SerializeToString()
+
+
+def _one_class_detector(detect: offline.DetectFn) -> offline.DetectFn:
+    def run(encoded):
+        outputs = dict(detect(encoded))
+        detections = outputs[DETECTIONS_KEY].copy()
+        detections[..., 4] = 1.0  # the class column of (xmin, ymin, xmax, ymax, class, score)
+        return {**outputs, DETECTIONS_KEY: detections}
+    return run
+
+
 def score(serving_dir: str, eval_pattern: str, class_names: list[str]) -> dict[str, float]:
-    """COCO metrics of the exported model on the eval split, by the Evaluator's metric code."""
+    """COCO metrics of the exported model on the eval split, by the Evaluator's metric code,
+    plus their class-agnostic counterparts (``<metric>_agnostic``)."""
     detect = offline.saved_model_detector(serving_dir)
     overall = offline.evaluate(detect, offline.read_examples([eval_pattern]), class_names,
                                slice_keys=())[results.OVERALL]
-    return {**{m: overall[m] for m in METRICS}, "num_eval_images": int(overall["num_images"])}
+    agnostic = offline.evaluate(
+        _one_class_detector(detect),
+        (_one_class(e) for e in offline.read_examples([eval_pattern])), ["object"],
+        slice_keys=())[results.OVERALL]
+    return {**{m: overall[m] for m in METRICS},
+            **{f"{m}_agnostic": agnostic[m] for m in AGNOSTIC_METRICS},
+            "num_eval_images": int(overall["num_images"])}
 
 
 def train_and_export(config: TrainConfig, splits: dict[str, str], work: str
@@ -180,14 +210,16 @@ def main() -> None:
     peak = matmul_gflops()
     rows = [bench_size(size, run_config.train, splits, peak) for size in args.sizes]
 
-    header = ("size", "params", "px", "img/s", "GFLOPs", "of matmul", "train s", *METRICS)
+    agnostic = [f"{m}_agnostic" for m in AGNOSTIC_METRICS]
+    header = ("size", "params", "px", "img/s", "GFLOPs", "of matmul", "train s", *METRICS,
+              *agnostic)
     print(f"\nCPU float32 matmul peak: {peak:.1f} GFLOP/s; data: {synthetic.key}")
     print(" | ".join(header))
     for r in rows:
         print(" | ".join(str(v) for v in (
             r["model_size"], r["params"], r["input_size"], r["train_images_per_s"],
             r["gflops_per_image"], f"{100 * r['matmul_fraction']:.0f}%", r["train_seconds"],
-            *(f"{r[m]:.3f}" for m in METRICS))))
+            *(f"{r[m]:.3f}" for m in (*METRICS, *agnostic)))))
     report = {"machine": {"processor": platform.processor(), "cpus": os.cpu_count(),
                           "matmul_gflops": round(peak, 1)},
               "dataset": synthetic.key, "train_config": run_config.train, "results": rows}
