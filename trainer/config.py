@@ -2,7 +2,7 @@
 
 Run: ``Trainer(run_fn="trainer.task.run_fn", custom_config=TrainConfig(...).to_dict())``.
 Budget of the defaults (measured on the 2-core dev CPU): ``small`` at 128 px, batch 16,
-trains 2,400 images x 14 epochs in ~6.5 minutes. At this budget optimizer steps beat
+trains 2,400 images x 14 epochs in ~5-7 minutes. At this budget optimizer steps beat
 pixels: in the same ~390 s, held-out COCO mAP was 0.221 (AP50 0.409) for 128 px x 14
 epochs at batch 16, 0.177 (0.343) at batch 32, and 0.025 (0.070) for 160 px x 9 epochs
 at batch 32 (``benchmarks/train_bench.py`` measures the defaults).
