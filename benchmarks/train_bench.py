@@ -30,6 +30,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -132,16 +133,20 @@ def _one_class_detector(detect: offline.DetectFn) -> offline.DetectFn:
     return run
 
 
+def class_agnostic_metrics(detect: offline.DetectFn, examples: Iterable[bytes]
+                           ) -> dict[str, float]:
+    """``offline.evaluate``'s overall metrics with every GT object and detection class 1."""
+    return offline.evaluate(_one_class_detector(detect), map(_one_class, examples), ["object"],
+                            slice_keys=())[results.OVERALL]
+
+
 def score(serving_dir: str, eval_pattern: str, class_names: list[str]) -> dict[str, float]:
     """COCO metrics of the exported model on the eval split, by the Evaluator's metric code,
     plus their class-agnostic counterparts (``<metric>_agnostic``)."""
     detect = offline.saved_model_detector(serving_dir)
     overall = offline.evaluate(detect, offline.read_examples([eval_pattern]), class_names,
                                slice_keys=())[results.OVERALL]
-    agnostic = offline.evaluate(
-        _one_class_detector(detect),
-        (_one_class(e) for e in offline.read_examples([eval_pattern])), ["object"],
-        slice_keys=())[results.OVERALL]
+    agnostic = class_agnostic_metrics(detect, offline.read_examples([eval_pattern]))
     return {**{m: overall[m] for m in METRICS},
             **{f"{m}_agnostic": agnostic[m] for m in AGNOSTIC_METRICS},
             "num_eval_images": int(overall["num_images"])}
