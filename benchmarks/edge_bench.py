@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import tensorflow as tf
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
+from benchmarks import machine
 from benchmarks.train_bench import bench_data, train_and_export
 from components.coco_eval import results
 from components.coco_eval.offline import example_features, read_examples
@@ -191,7 +191,8 @@ def main() -> None:
         "qat_int8_map_change_points": round(100 * (qat_row["mAP"] - saved_row["mAP"]), 2),
     }
     header = ("variant", "KB", "p50 1t", "p99 1t", "p50 2t", "p99 2t", "mAP", "mAP50", "D-ECE")
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    host = machine.describe()
+    print(f"\n{machine.summary(host)}; "
           f"variants built in {build_seconds:.0f} s (QAT {args.qat_epochs} epochs)")
     print(" | ".join(header))
     for r in rows:
@@ -201,7 +202,7 @@ def main() -> None:
     print(f"conv probe ({probe['gflop']} GFLOP, 1 thread): float32 {probe['float32_ms']} ms, "
           f"int8 {probe['int8_ms']} ms -> int8 x{probe['int8_speedup']}")
     print(json.dumps(summary))
-    report = {"machine": {"processor": platform.processor(), "cpus": os.cpu_count()},
+    report = {"machine": host,
               "dataset": run_config.synthetic.key, "model": args.model or "trained: default small",
               "qat_epochs": args.qat_epochs, "qat_learning_rate": args.qat_learning_rate,
               "build_seconds": round(build_seconds, 1), "rows": rows, "conv_probe": probe,

@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/eval_bench.py` from anywhere
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import machine
 from pipelines import configs
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -398,8 +398,7 @@ def main() -> None:
     report = {
         "config": args.config,
         "overrides": args.overrides,
-        "machine": {"processor": platform.processor(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": machine.describe(),
         "home": home,
         "run_id": inputs["run_id"],
         "model_uri": inputs["model_uri"],
@@ -437,7 +436,7 @@ def _metric_name(row: dict[str, Any]) -> str:
 def _print_table(report: dict[str, Any]) -> None:
     table = Table("variant", "metric", "Evaluator s", "images", "slices", "mAP", "mAP50",
                   title=f"TFX Evaluator, config {report['config']}, run {report['run_id']}, "
-                        f"{report['machine']['cpus']} CPUs")
+                        f"{machine.summary(report['machine'])}")
     for row in report["results"]:
         table.add_row(
             f"{row['variant']} ({row['scope']})", _metric_name(row),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -21,6 +20,11 @@ import sys
 import tempfile
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `python benchmarks/pipeline_bench.py` from anywhere
+    sys.path.insert(0, ROOT)
+
+from benchmarks import machine
 from pipelines import configs
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -63,7 +67,7 @@ def main() -> None:
     result = {
         "config": args.config,
         "overrides": args.overrides,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine.describe(),
         "dataset_images": config.synthetic.num_images,
         "synth_seconds": round(synth_seconds, 1),
         "pipeline_seconds": round(run_seconds, 1),
@@ -87,7 +91,7 @@ def main() -> None:
 
 def _print_table(result: dict) -> None:
     print(f"\nSightline pipeline benchmark: config {result['config']}, "
-          f"{result['dataset_images']} images, {result['machine']['cpus']} CPUs")
+          f"{result['dataset_images']} images, {machine.summary(result['machine'])}")
     print(f"{'step':<34}{'seconds':>10}")
     print(f"{'dataset generation':<34}{result['synth_seconds']:>10.1f}")
     for name, seconds in result["components"].items():

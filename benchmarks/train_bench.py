@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -34,12 +33,16 @@ from collections.abc import Iterable
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/train_bench.py` from anywhere
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import tensorflow as tf
 from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
 from tfx.proto import example_gen_pb2
 
+from benchmarks import machine
 from components.coco_eval import offline, results
 from components.coco_eval.metric import DETECTIONS_KEY
 from data import coco, synth
@@ -51,7 +54,6 @@ from trainer.input import count_examples
 from trainer.model import build_model
 from trainer.train import TrainResult, train
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DATA_CACHE = ROOT / ".sightline" / "bench-data"
 SPLITS = (("train", 4), ("eval", 1))  # CocoExampleGen's default hash buckets
@@ -218,15 +220,16 @@ def main() -> None:
     agnostic = [f"{m}_agnostic" for m in AGNOSTIC_METRICS]
     header = ("size", "params", "px", "img/s", "GFLOPs", "of matmul", "train s", *METRICS,
               *agnostic)
-    print(f"\nCPU float32 matmul peak: {peak:.1f} GFLOP/s; data: {synthetic.key}")
+    host = {**machine.describe(), "matmul_gflops": round(peak, 1)}
+    print(f"\n{machine.summary(host)}; float32 matmul peak: {peak:.1f} GFLOP/s; "
+          f"data: {synthetic.key}")
     print(" | ".join(header))
     for r in rows:
         print(" | ".join(str(v) for v in (
             r["model_size"], r["params"], r["input_size"], r["train_images_per_s"],
             r["gflops_per_image"], f"{100 * r['matmul_fraction']:.0f}%", r["train_seconds"],
             *(f"{r[m]:.3f}" for m in (*METRICS, *agnostic)))))
-    report = {"machine": {"processor": platform.processor(), "cpus": os.cpu_count(),
-                          "matmul_gflops": round(peak, 1)},
+    report = {"machine": host,
               "dataset": synthetic.key, "train_config": run_config.train, "results": rows}
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(report, indent=2))

@@ -1,0 +1,39 @@
+"""What machine a benchmark ran on, for its JSON and its printed header.
+
+Speed figures depend on the CPU's vector extensions, not just its core count: int8
+XNNPACK kernels are ~4x float32 with AVX-512 VNNI and ~1x with AVX2 alone (measured by
+``edge_bench.py``'s conv probe on two such machines), so every result names them.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+
+# The extensions that change TF / XNNPACK / oneDNN speed here, in the order printed.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+              "asimddp", "i8mm")  # the last two: ARM dot-product and int8 matmul
+CPUINFO = pathlib.Path("/proc/cpuinfo")
+
+
+def describe(cpuinfo: pathlib.Path = CPUINFO) -> dict[str, object]:
+    """CPU model, logical CPUs, Python version and which of ``SIMD_FLAGS`` the CPU has."""
+    fields: dict[str, str] = {}
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    flags = set(fields.get("flags", fields.get("features", "")).split())
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "simd": [f for f in SIMD_FLAGS if f in flags],
+        "python": platform.python_version(),
+    }
+
+
+def summary(record: dict[str, object]) -> str:
+    """One line for a table header, e.g. ``AMD EPYC 9R14, 2 CPUs, avx2 fma avx512_vnni``."""
+    simd = " ".join(record["simd"]) or "no listed SIMD extensions"
+    return f"{record['cpu']}, {record['cpus']} CPUs, {simd}"
