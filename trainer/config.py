@@ -1,11 +1,11 @@
 """The one typed training config, parsed from the Trainer's ``custom_config``.
 
 Run: ``Trainer(run_fn="trainer.task.run_fn", custom_config=TrainConfig(...).to_dict())``.
-Budget of the defaults (measured on the 2-core dev CPU): ``small`` at 128 px, batch 16,
-trains 2,400 images x 14 epochs in ~5-7 minutes. At this budget optimizer steps beat
-pixels: in the same ~390 s, held-out COCO mAP was 0.221 (AP50 0.409) for 128 px x 14
-epochs at batch 16, 0.177 (0.343) at batch 32, and 0.025 (0.070) for 160 px x 9 epochs
-at batch 32 (``benchmarks/train_bench.py`` measures the defaults).
+Budget of the defaults (``benchmarks/train_bench.py``, 2-core AMD EPYC with AVX-512):
+``small`` at 128 px, batch 16, trains 2,413 images x 32 epochs in ~5.5 minutes (an
+AVX2-only CPU takes ~2.2x as long; ``epochs=14`` fits 6 minutes there). At this budget
+epochs beat pixels: in ~5-6 minutes, held-out COCO mAP was 0.371 for 128 px x 32 epochs
+and 0.204 for 160 px x 20 epochs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class TrainConfig:
     class_names: tuple[str, ...]
     model_size: str = "small"
     input_size: int = 128
-    epochs: int = 14
+    epochs: int = 32
     batch_size: int = 16
     learning_rate: float = 8e-3
     weight_decay: float = 1e-4
