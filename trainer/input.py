@@ -79,6 +79,24 @@ def _repeat_by_rarest_class(ds: tf.data.Dataset, factors: np.ndarray, seed: int
     return ds.enumerate().flat_map(copies)
 
 
+def records_in_id_order(patterns: list[str]) -> tf.data.Dataset:
+    """A split's serialized examples in image-id order, whatever order its files hold.
+
+    A multi-worker ExampleGen spreads a split over shards in a run-dependent order, and the
+    seeded shuffle starts from the input order, so without this the same data and seed
+    trained a different model on every pipeline run. Ids sort by length, then as strings:
+    numerically for COCO's integer ids. Holds the encoded records in memory, less than
+    the decoded-image cache that follows.
+    """
+    records = list(tf.data.TFRecordDataset(list_files(patterns), compression_type="GZIP")
+                   .as_numpy_iterator())
+    ids = tf.io.parse_example(records, {fs.IMAGE_SOURCE_ID: fs.parsing_spec()[
+        fs.IMAGE_SOURCE_ID]})[fs.IMAGE_SOURCE_ID].numpy() if records else []
+    order = sorted(range(len(records)), key=lambda i: (len(ids[i]), ids[i], records[i]))
+    return tf.data.Dataset.from_generator(lambda: (records[i] for i in order),
+                                          output_signature=tf.TensorSpec((), tf.string))
+
+
 def parse_example(serialized: tf.Tensor, input_size: int) -> tuple[tf.Tensor, ...]:
     """One serialized tf.Example -> (image [S, S, 3], boxes [N, 4], classes [N])."""
     parsed = tf.io.parse_single_example(serialized, fs.parsing_spec())
@@ -151,7 +169,10 @@ def make_dataset(patterns: list[str], config: TrainConfig, training: bool) -> tf
     images are cached in memory: decoding dominated the input cost on 2 cores.
     """
     grid = config.input_size // OUTPUT_STRIDE
-    ds = tf.data.TFRecordDataset(list_files(patterns), compression_type="GZIP")
+    if training:
+        ds = records_in_id_order(patterns)
+    else:
+        ds = tf.data.TFRecordDataset(list_files(patterns), compression_type="GZIP")
     ds = ds.map(lambda s: parse_example(s, config.input_size), tf.data.AUTOTUNE).cache()
     if training:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=config.seed, reshuffle_each_iteration=True)
