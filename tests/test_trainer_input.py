@@ -17,6 +17,7 @@ from trainer.input import augment, class_repeat_factors, make_dataset, parse_exa
 from trainer.model import HEATMAP
 from trainer.preprocess import preprocess_image
 from trainer.targets import MASK
+from trainer.tflite import representative_images
 
 SIZE = 64
 
@@ -96,7 +97,8 @@ def test_training_batches_are_static_and_repeatable(tmp_path):
 
 def test_training_order_does_not_depend_on_how_the_split_was_written(tmp_path):
     """A multi-worker ExampleGen writes a split's records across shards in a run-dependent
-    order; the same records, however written, must give the same batches (and model)."""
+    order; the same records, however written, must give the same batches (and model) and
+    the same int8 calibration images."""
     rng = np.random.default_rng(0)
     examples = [make_example(rng, i) for i in range(12)]
     in_id_order = _write(os.path.join(tmp_path, "ordered.gz"), examples)
@@ -109,6 +111,9 @@ def test_training_order_does_not_depend_on_how_the_split_was_written(tmp_path):
                       make_dataset([pattern], config, training=True).take(6)])
             for pattern in (in_id_order, str(tmp_path / "sharded" / "*"))]
     np.testing.assert_array_equal(runs[0], runs[1])
+    calibration = [np.stack(representative_images([pattern], SIZE, 5))
+                   for pattern in (in_id_order, str(tmp_path / "sharded" / "*"))]
+    np.testing.assert_array_equal(calibration[0], calibration[1])
 
 
 def _long_tail(tmp_path) -> str:

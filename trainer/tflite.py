@@ -19,7 +19,7 @@ from tensorflow.lite.python import convert as lite_convert
 
 from data import feature_spec as fs
 from trainer.decode import decode_detections
-from trainer.input import list_files
+from trainer.input import records_in_id_order
 from trainer.preprocess import preprocess_image
 from trainer.qat import FLOAT_LAYERS
 
@@ -105,10 +105,10 @@ def _float_tensor_names(flatbuffer: bytes) -> list[str]:
 
 
 def representative_images(patterns: list[str], input_size: int, count: int) -> list[np.ndarray]:
-    """The first ``count`` training images, preprocessed exactly as in training."""
+    """The first ``count`` training images in image-id order (not file order, which
+    varies between pipeline runs), preprocessed exactly as in training."""
     spec = {fs.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
-    records = tf.data.TFRecordDataset(list_files(patterns), compression_type="GZIP")
-    images = records.take(count).map(
+    images = records_in_id_order(patterns).take(count).map(
         lambda s: preprocess_image(tf.io.parse_single_example(s, spec)[fs.IMAGE_ENCODED],
                                    input_size))
     return list(images.as_numpy_iterator())
