@@ -106,13 +106,13 @@ def test_training_order_does_not_depend_on_how_the_split_was_written(tmp_path):
     os.makedirs(tmp_path / "sharded")
     for shard, part in enumerate((mixed[:5], mixed[5:])):
         _write(os.path.join(tmp_path, "sharded", f"data-{shard}.gz"), part)
+    patterns = (in_id_order, str(tmp_path / "sharded" / "*"))
     config = TrainConfig(class_names=tuple(CLASS_NAMES), input_size=SIZE, batch_size=4)
     runs = [np.stack([images.numpy() for images, _ in
                       make_dataset([pattern], config, training=True).take(6)])
-            for pattern in (in_id_order, str(tmp_path / "sharded" / "*"))]
+            for pattern in patterns]
     np.testing.assert_array_equal(runs[0], runs[1])
-    calibration = [np.stack(representative_images([pattern], SIZE, 5))
-                   for pattern in (in_id_order, str(tmp_path / "sharded" / "*"))]
+    calibration = [np.stack(representative_images([pattern], SIZE, 5)) for pattern in patterns]
     np.testing.assert_array_equal(calibration[0], calibration[1])
 
 
