@@ -18,9 +18,10 @@ same model spec, slices and Beam settings; only the metrics differ:
 
 ``--builtin-default-images N`` (default 2 on the default config) also times, on the first
 N eval images, the built-in metric with TFMA's default thresholds, next to both variants on
-the same N images: on the whole split it would take days (its cost is ~0.05 s per
-threshold and image here). The default config takes ~50 minutes in all, ~31 of them the
-built-in metric with 100 thresholds on the whole split.
+the same N images: on the whole split it would take days (its cost is ~0.03-0.05 s per
+threshold and image here). The default config takes ~30 minutes in all on a 2-core
+AVX-512 CPU (~50 on an AVX2 one), ~17 of them the built-in metric with 100 thresholds on
+the whole split, plus ~10 for the pipeline run when there is none yet.
 
 The Model and Examples are those of the latest run of the config's pipeline in the
 Sightline home (``--home``, default $SIGHTLINE_HOME or the repo's ``.sightline``, the home
