@@ -18,6 +18,7 @@ from tfx import types
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.types import artifact_utils, standard_component_specs
 
+from components import release
 from data import coco
 from data import feature_spec as fs
 
@@ -26,9 +27,8 @@ QUARANTINE_FILE = "quarantine.jsonl"
 SPLIT_DIGEST_DIR = "split_digests"
 SUMMARY_FILE = "ingestion_summary.json"
 LABEL_MAP_FILE = "label_map.json"
-# Custom properties on the Examples artifact (MLMD).
-CONTENT_HASH_PROPERTY = "content_hash_{split}"
-NUM_EXAMPLES_PROPERTY = "num_examples_{split}"
+# Custom properties on the Examples artifact (MLMD); the per-split ones are
+# ``components.release``'s (CONTENT_HASH_PROPERTY, NUM_EXAMPLES_PROPERTY).
 QUARANTINED_PROPERTY = "quarantined"
 QUARANTINE_REASONS_PROPERTY = "quarantine_reasons"
 LABEL_MAP_PROPERTY = "label_map"
@@ -159,10 +159,10 @@ def _record_summary(examples: types.Artifact, summary: dict[str, Any]) -> None:
     """Stores the summary beside the splits and as custom properties in MLMD."""
     for name, split in summary["splits"].items():
         examples.set_string_custom_property(
-            CONTENT_HASH_PROPERTY.format(split=name), split["content_hash"]
+            release.CONTENT_HASH_PROPERTY.format(split=name), split["content_hash"]
         )
         examples.set_int_custom_property(
-            NUM_EXAMPLES_PROPERTY.format(split=name), split["num_examples"]
+            release.NUM_EXAMPLES_PROPERTY.format(split=name), split["num_examples"]
         )
     examples.set_int_custom_property(QUARANTINED_PROPERTY, summary["quarantined"])
     examples.set_string_custom_property(

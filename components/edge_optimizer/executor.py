@@ -22,6 +22,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from components import release
 from components.coco_eval import offline, results
 from serving.tflite_runner import TFLiteDetector
 from trainer import qat, tflite
@@ -39,7 +40,6 @@ MIN_SLICE_IMAGES_KEY = "min_slice_images"
 TFLITE_FILE = "model.tflite"
 EVALUATION_FILE = "edge_evaluation.json"
 SAVED_MODEL = "saved_model"  # the float SavedModel's entry in edge_evaluation.json
-HEADLINE = ("mAP", "mAP50", "D-ECE")
 # The variants' output keys, in the order the executor writes them.
 OUTPUT_KEYS = {variant: f"{variant}_model" for variant in tflite.VARIANTS}
 
@@ -118,8 +118,8 @@ class Executor(base_executor.BaseExecutor):
         for variant in variants:
             artifact = artifact_utils.get_single_instance(output_dict[OUTPUT_KEYS[variant]])
             overall = scores[variant][results.OVERALL]
-            for key in HEADLINE:
-                artifact.set_float_custom_property(key, overall[key])
+            for key, value in release.headline(overall).items():
+                artifact.set_float_custom_property(key, value)
             artifact.set_float_custom_property(
                 "mAP_change", overall["mAP"] - scores[SAVED_MODEL][results.OVERALL]["mAP"])
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])

@@ -2,8 +2,8 @@
 
 Variants are tried smallest first (QAT int8, PTQ int8, float16, float32); the first whose
 mAP is within ``tolerance`` of the float SavedModel's on the same eval split ships. A
-bundle is written to a temporary directory and renamed into place, so an edge sync never
-sees half of one.
+bundle gets a unique, increasing version and is staged and renamed into place
+(``components.versions``), so an edge sync never sees half of one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from typing import Any
 
 from absl import logging
@@ -22,10 +21,10 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from components.coco_eval import metric as coco_metric
+from components import release, versions
 from components.coco_eval import results
 from components.edge_optimizer import executor as edge_executor
-from components.model_pusher.executor import dataset_record
+from data import boxes
 from serving.tflite_runner import TFLiteDetector
 from trainer.tflite import FLOAT32, FP16, PTQ_INT8, QAT_INT8
 
@@ -39,6 +38,8 @@ LABELS_FILE = "labels.txt"
 THRESHOLDS_FILE = "thresholds.json"
 INPUT_SPEC_FILE = "input_spec.json"
 METADATA_FILE = "metadata.json"
+# detection_boxes' order, stated in input_spec.json (normalized ymin, xmin, ymax, xmax).
+BOX_FORMAT = boxes.YXYX
 # How an image becomes the model input; ``serving.edge_preprocess`` implements it.
 NORMALIZATION = {
     "color": "RGB",
@@ -77,18 +78,17 @@ def bundle_metadata(variant: str, evaluation: dict[str, Any], examples: types.Ar
                     tflite: types.Artifact, reasons: list[str], version: str
                     ) -> dict[str, Any]:
     """metadata.json: what shipped, why, how it scored, and what data it came from."""
-    headline = ("mAP", "mAP50", "mAP75", "AR100", coco_metric.DECE, coco_metric.NUM_IMAGES)
     metrics = evaluation["metrics"]
+    float_model = metrics[edge_executor.SAVED_MODEL][results.OVERALL]
     return {
         "version": version,
         "variant": variant,
         "selection": reasons,
         "size_bytes": evaluation["sizes"][variant],
-        "metrics": {k: metrics[variant][results.OVERALL][k] for k in headline},
-        "float_model_metrics": {k: metrics[edge_executor.SAVED_MODEL][results.OVERALL][k]
-                                for k in headline},
+        "metrics": release.headline(metrics[variant][results.OVERALL]),
+        "float_model_metrics": release.headline(float_model),
         "slices_mAP": {name: values["mAP"] for name, values in metrics[variant].items()},
-        "dataset": dataset_record(examples),
+        "dataset": release.dataset_record(examples.mlmd_artifact),
         "model_uri": evaluation["model_uri"],
         "tflite_uri": tflite.uri,
     }
@@ -104,7 +104,8 @@ def write_bundle(directory: str, tflite_path: str, class_names: list[str],
         LABELS_FILE: "".join(f"{name}\n" for name in class_names),
         THRESHOLDS_FILE: json.dumps(thresholds, indent=2, sort_keys=True),
         INPUT_SPEC_FILE: json.dumps({**runner.input_spec(), "normalization": NORMALIZATION,
-                                     "outputs": runner.output_types()}, indent=2),
+                                     "outputs": runner.output_types(),
+                                     "box_format": BOX_FORMAT}, indent=2),
         METADATA_FILE: json.dumps(metadata, indent=2, sort_keys=True),
     }
     for name, content in files.items():
@@ -142,21 +143,17 @@ class Executor(base_executor.BaseExecutor):
         tflite = artifact_utils.get_single_instance(
             input_dict[edge_executor.OUTPUT_KEYS[variant]])
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
-        overall = evaluation["metrics"][variant][results.OVERALL]
-        prefix = coco_metric.THRESHOLD_PREFIX
-        thresholds = {k.removeprefix(prefix): v for k, v in sorted(overall.items())
-                      if k.startswith(prefix)}
-        version = str(int(time.time()))
-        metadata = bundle_metadata(variant, evaluation, examples, tflite, reasons, version)
-        base = exec_properties[BASE_DIRECTORY_KEY]
-        staged = os.path.join(base, f".{version}.incomplete")
-        destination = os.path.join(base, version)
-        with tempfile.TemporaryDirectory() as local:
-            files = os.path.join(local, "bundle")
-            write_bundle(files, os.path.join(tflite.uri, edge_executor.TFLITE_FILE),
-                         evaluation["class_names"], thresholds, metadata)
-            io_utils.copy_dir(files, staged)
-        fileio.rename(staged, destination)
+        thresholds = release.score_thresholds(evaluation["metrics"][variant][results.OVERALL])
+        tflite_path = os.path.join(tflite.uri, edge_executor.TFLITE_FILE)
+
+        def write(staging: str, version: str) -> None:
+            metadata = bundle_metadata(variant, evaluation, examples, tflite, reasons, version)
+            with tempfile.TemporaryDirectory() as local:
+                files = os.path.join(local, "bundle")
+                write_bundle(files, tflite_path, evaluation["class_names"], thresholds, metadata)
+                io_utils.copy_dir(files, staging)
+
+        version, destination = versions.push_version(exec_properties[BASE_DIRECTORY_KEY], write)
         self._record(bundle, variant, "; ".join(reasons), destination, version)
 
     @staticmethod
