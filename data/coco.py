@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from data import boxes
 from data import feature_spec as fs
 
 # Quarantine reasons: a stable vocabulary, used in reports, MLMD and tests.
@@ -271,17 +272,11 @@ def record_to_example(record: ImageRecord, image_dir: str, label_map: LabelMap) 
             IMAGE_SIZE_MISMATCH,
             f"{path}: image is {width}x{height} but its entry says {img['width']}x{img['height']}",
         )
-    boxes = []
-    for ann in record.annotations:
-        x, y, w, h = ann["bbox"]
-        boxes.append(
-            (
-                max(y, 0.0) / height,
-                max(x, 0.0) / width,
-                min(y + h, height) / height,
-                min(x + w, width) / width,
-            )
-        )
+    coco_boxes = [ann["bbox"] for ann in record.annotations]
+    # Clipped to the image: COCO boxes may overhang by BOX_TOLERANCE_PX.
+    normalized = np.clip(boxes.convert(np.asarray(coco_boxes, np.float64).reshape(-1, 4),
+                                       boxes.COCO, boxes.YXYX, height=height, width=width,
+                                       where=path), 0.0, 1.0)
     return fs.build_example(
         encoded=encoded,
         image_format=image_format,
@@ -290,7 +285,7 @@ def record_to_example(record: ImageRecord, image_dir: str, label_map: LabelMap) 
         source_id=str(img["id"]),
         filename=img["file_name"],
         sha256=record_digest(encoded, record, label_map),
-        boxes=boxes,
+        boxes=normalized.tolist(),
         labels=[label_map.label(a["category_id"]) for a in record.annotations],
         texts=[label_map.name(a["category_id"]) for a in record.annotations],
         areas=[float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in record.annotations],

@@ -1,15 +1,20 @@
-"""The one feature spec: every tf.Example key Sightline reads or writes.
+"""The one feature spec: every tf.Example key Sightline reads or writes, and the names of
+the detection outputs every exported signature returns.
 
 Keys follow the TF Object Detection API convention so existing TFRecords and tools
-interoperate. Training, export, evaluation and serving import these names; nothing
-else in the code base spells a feature key.
+interoperate. Code imports these names; the curated schema (``schemas/schema.pbtxt``) is
+the one other place that spells them, and ``tests/test_feature_spec.py`` keeps the two in
+step. TensorFlow is imported only by the functions that build specs and examples, so the
+names are cheap to import (configs, the server).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # --- image-level keys -------------------------------------------------------------
 IMAGE_ENCODED = "image/encoded"
@@ -42,7 +47,15 @@ STATS_BRIGHTNESS = "stats/brightness"
 STATS_CONTRAST = "stats/contrast"
 STATS_NUM_OBJECTS = "stats/num_objects"
 
+# The features' box order, ``data.boxes.YXYX``.
 BOX_KEYS: tuple[str, str, str, str] = (BBOX_YMIN, BBOX_XMIN, BBOX_YMAX, BBOX_XMAX)
+
+# --- detection outputs of every exported signature (SavedModel and TFLite) ----------
+DETECTION_BOXES = "detection_boxes"  # float32 [B, K, 4], data.boxes.YXYX (the ODAPI's order)
+DETECTION_SCORES = "detection_scores"  # float32 [B, K], best first; rows past the count are 0
+DETECTION_CLASSES = "detection_classes"  # float32 [B, K], 1-based labels (0 in empty rows)
+NUM_DETECTIONS = "num_detections"  # int32 [B]: how many rows are real detections
+DETECTION_OUTPUTS = (DETECTION_BOXES, DETECTION_SCORES, DETECTION_CLASSES, NUM_DETECTIONS)
 
 
 def meta_key(field: str) -> str:
@@ -55,6 +68,8 @@ META_KEYS: tuple[str, ...] = tuple(meta_key(f) for f in META_FIELDS)
 
 def parsing_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
     """The tf.io parsing spec for a Sightline tf.Example (training and evaluation)."""
+    import tensorflow as tf
+
     spec: dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature] = {
         IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
         IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -78,18 +93,26 @@ def parsing_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
 
 def serving_spec() -> dict[str, tf.io.FixedLenFeature]:
     """The subset of the spec a model needs at serving time: only the image."""
+    import tensorflow as tf
+
     return {IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
 
 
 def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
 
 
 def _floats(values: Sequence[float]) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
 
 
 def _ints(values: Sequence[int]) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
 
@@ -113,7 +136,7 @@ def build_example(
     """Builds a tf.Example in the Sightline format.
 
     Args:
-      boxes: normalized ``(ymin, xmin, ymax, xmax)`` per object.
+      boxes: per object, ``data.boxes.YXYX`` (normalized ymin, xmin, ymax, xmax).
       labels: 1-based class index per object; ``texts`` the class names.
       areas: object area in original-image pixels (defaults to the box area).
       meta: metadata fields by name (``camera``...); absent fields become "unknown".
@@ -122,6 +145,8 @@ def build_example(
     Returns:
       The tf.Example; ``stats/num_objects`` is derived from ``boxes``.
     """
+    import tensorflow as tf
+
     n = len(boxes)
     if not len(labels) == len(texts) == n:
         raise ValueError(f"{source_id}: {n} boxes but {len(labels)} labels, {len(texts)} texts")

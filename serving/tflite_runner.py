@@ -1,10 +1,10 @@
 """Runs a Sightline TFLite variant with the edge runtime, not TensorFlow.
 
 Uses ``ai-edge-litert`` (TFLite's successor package; ``tflite-runtime`` if that is what
-the device has) with XNNPACK, and returns the SavedModel's output contract:
-``detection_boxes`` [B, K, 4] normalized (ymin, xmin, ymax, xmax), ``detection_scores``,
-``detection_classes`` (1-based, float), ``num_detections`` and ``detections`` (the
-Evaluator's [B, K, 6] layout). Preprocessing is ``serving.edge_preprocess``, pinned by
+the device has) with XNNPACK, and returns the SavedModel's output contract
+(``data.feature_spec.DETECTION_OUTPUTS``): ``detection_boxes`` [B, K, 4] normalized
+(ymin, xmin, ymax, xmax), ``detection_scores``, ``detection_classes`` (1-based, float)
+and ``num_detections``. Preprocessing is ``serving.edge_preprocess``, pinned by
 tests to the training/serving preprocessing in ``trainer/preprocess.py``.
 """
 

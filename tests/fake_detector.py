@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from components.coco_eval import metric
 from data import feature_spec as fs
+from tests.detection_outputs import outputs_from_rows
 
 CAMERA = fs.meta_key("camera")
 
@@ -62,8 +62,8 @@ class FakeDetector(tf.Module):
         # Rows 2j, 2j+1 belong to GT slot j, so the first 2 * count rows are the real ones.
         dets = tf.reshape(tf.stack([true, false], axis=2), [batch, -1, 6])
         junk = tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0, 1.0, 0.99]]]), [batch, 3, 1])
-        return {metric.DETECTIONS_KEY: tf.concat([dets, junk], axis=1),
-                metric.NUM_DETECTIONS_KEY: tf.cast(2 * count, tf.int32)}
+        return outputs_from_rows(tf.concat([dets, junk], axis=1), tf.cast(2 * count, tf.int32),
+                                 ops=tf)
 
 
 def save_fake_detector(

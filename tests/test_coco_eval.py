@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from components.coco_eval import calibration, cocoeval, metric
 from data import feature_spec as fs
+from tests.detection_outputs import outputs_from_rows, rows_from_outputs
 from tests.fake_detector import save_fake_detector
 
 CLASS_NAMES = ("circle", "square", "triangle", "star")  # "star" never has GT
@@ -272,8 +273,8 @@ def detect(model_path: str, examples: list[bytes],
     """``images`` with the model's detections, truncated to num_detections, in numpy."""
     outputs = tf.saved_model.load(model_path).signatures["serving_examples"](
         examples=tf.constant(examples))
-    dets = outputs[metric.DETECTIONS_KEY].numpy()
-    counts = outputs[metric.NUM_DETECTIONS_KEY].numpy()
+    dets = rows_from_outputs({k: v.numpy() for k, v in outputs.items()})
+    counts = outputs[fs.NUM_DETECTIONS].numpy()
     return [im._replace(det_boxes=d[:n, :4], det_classes=d[:n, 4].astype(int), det_scores=d[:n, 5])
             for im, d, n in zip(images, dets, counts, strict=True)]
 
@@ -435,7 +436,7 @@ def _features() -> dict[str, np.ndarray]:
 
 def _outputs() -> dict[str, np.ndarray]:
     dets = np.array([[0.1, 0.2, 0.3, 0.4, 2.0, 0.9], [0, 0, 1, 1, 1, 0.8]], np.float32)
-    return {metric.DETECTIONS_KEY: dets, metric.NUM_DETECTIONS_KEY: np.array(1, np.int32)}
+    return outputs_from_rows(dets, np.array(1, np.int32))
 
 
 @pytest.mark.parametrize("model_name", ["", "candidate"])
@@ -459,7 +460,7 @@ def test_missing_feature_is_named(missing):
         metric.image_data(features, _outputs())
 
 
-@pytest.mark.parametrize("missing", [metric.DETECTIONS_KEY, metric.NUM_DETECTIONS_KEY])
+@pytest.mark.parametrize("missing", fs.DETECTION_OUTPUTS)
 def test_missing_model_output_is_named(missing):
     outputs = _outputs()
     del outputs[missing]
@@ -468,8 +469,16 @@ def test_missing_model_output_is_named(missing):
 
 
 def test_unnamed_model_output_is_rejected():
-    with pytest.raises(KeyError, match=metric.DETECTIONS_KEY):
+    with pytest.raises(KeyError, match=fs.DETECTION_BOXES):
         metric.image_data(_features(), np.zeros((3, 6)))
+
+
+def test_boxes_in_another_format_are_rejected_naming_it():
+    outputs = _outputs()
+    outputs[fs.DETECTION_BOXES] = np.array([[0.4, 0.3, 0.2, 0.1], [0, 0, 1, 1]], np.float32)
+    with pytest.raises(ValueError, match="detection_boxes: 1 of 1 boxes given as yxyx have "
+                                         "min > max corners"):
+        metric.image_data(_features(), outputs)
 
 
 def test_per_object_features_must_agree():

@@ -7,6 +7,7 @@ import pytest
 
 from components.coco_eval import offline
 from data import feature_spec as fs
+from tests.detection_outputs import outputs_from_rows
 
 CLASSES = ["square", "bar"]
 
@@ -35,8 +36,8 @@ def _detector(examples: list[bytes], wrong_on: str):
         by_image[features[fs.IMAGE_ENCODED][0]] = rows
 
     def detect(encoded):
-        return {"detections": np.stack([by_image[e] for e in encoded]).astype(np.float32),
-                "num_detections": np.full(len(encoded), 2, np.int32)}
+        return outputs_from_rows(np.stack([by_image[e] for e in encoded]).astype(np.float32),
+                                 np.full(len(encoded), 2, np.int32))
     return detect
 
 

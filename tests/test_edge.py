@@ -137,7 +137,7 @@ def test_runner_reports_uint8_input_for_int8_and_float_outputs(edge):
         assert runner.output_types() == {"detection_boxes": "float32",
                                          "detection_classes": "float32",
                                          "detection_scores": "float32",
-                                         "detections": "float32", "num_detections": "int32"}
+                                         "num_detections": "int32"}
 
 
 # --- EdgePusher --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from data import feature_spec as fs
 from tests.trainer_fixture import CLASS_NAMES, make_example, write_split
 from trainer import export
 from trainer.config import TrainConfig
-from trainer.decode import BOXES, CLASSES, DETECTIONS, NUM_DETECTIONS, SCORES
+from trainer.decode import BOXES, CLASSES, NUM_DETECTIONS, SCORES
 from trainer.task import run_fn
 
 INPUT_SIZE = 64
@@ -49,8 +49,7 @@ def test_signatures_have_the_contract_outputs(trained):
     expected = {BOXES: (tf.float32, [None, MAX_DETECTIONS, 4]),
                 SCORES: (tf.float32, [None, MAX_DETECTIONS]),
                 CLASSES: (tf.float32, [None, MAX_DETECTIONS]),
-                NUM_DETECTIONS: (tf.int32, [None]),
-                DETECTIONS: (tf.float32, [None, MAX_DETECTIONS, 6])}
+                NUM_DETECTIONS: (tf.int32, [None])}
     for name, inputs in ((export.SERVING_DEFAULT, "images"), (export.SERVING_EXAMPLES, "examples")):
         signature = loaded.signatures[name]
         _, kwargs = signature.structured_input_signature
@@ -85,10 +84,6 @@ def test_outputs_are_consistent(trained):
     for i, n in enumerate(num):
         assert (scores[i, :n] > 0).all() and (scores[i, n:] == 0).all()
         assert np.isin(out[CLASSES][i, :n], [1, 2]).all()
-    # TFMA's stacked layout: (xmin, ymin, xmax, ymax, class, score).
-    np.testing.assert_array_equal(out[DETECTIONS][..., :4], boxes[..., [1, 0, 3, 2]])
-    np.testing.assert_array_equal(out[DETECTIONS][..., 4], out[CLASSES])
-    np.testing.assert_array_equal(out[DETECTIONS][..., 5], scores)
 
 
 def test_hparams_and_labels_are_saved_with_the_model(trained):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from data import feature_spec as fs
 from trainer.model import HEATMAP, OFFSET, SIZE
 
-BOXES = "detection_boxes"  # [B, K, 4] normalized (ymin, xmin, ymax, xmax), ODAPI order
-SCORES = "detection_scores"  # [B, K]
-CLASSES = "detection_classes"  # [B, K] float32, 1-based
-NUM_DETECTIONS = "num_detections"  # [B] int32 (TFMA slices with it)
-DETECTIONS = "detections"  # [B, K, 6] (xmin, ymin, xmax, ymax, class, score) for TFMA
+# The outputs of every signature; shapes and box format in ``data.feature_spec``.
+BOXES = fs.DETECTION_BOXES
+SCORES = fs.DETECTION_SCORES
+CLASSES = fs.DETECTION_CLASSES
+NUM_DETECTIONS = fs.NUM_DETECTIONS
 SCORE_FLOOR = 0.01  # rows below it are zeroed and not counted
 
 
@@ -29,8 +30,8 @@ def decode_detections(outputs: dict[str, tf.Tensor], max_detections: int,
       max_detections: K; capped at H * W * C.
       score_floor: detections scoring at or below it become zero rows.
     Returns:
-      Dict keyed by ``BOXES``, ``SCORES``, ``CLASSES``, ``NUM_DETECTIONS``, ``DETECTIONS``;
-      valid rows first (sorted by score), the rest zero.
+      Dict keyed by ``BOXES`` (``data.boxes.YXYX``), ``SCORES``, ``CLASSES``,
+      ``NUM_DETECTIONS``; valid rows first (sorted by score), the rest zero.
     """
     heatmap = tf.cast(outputs[HEATMAP], tf.float32)
     _, height, width, num_classes = heatmap.shape
@@ -62,11 +63,9 @@ def decode_detections(outputs: dict[str, tf.Tensor], max_detections: int,
         pad = max_detections - k
         boxes = tf.pad(boxes, [[0, 0], [0, pad], [0, 0]])
         scores, classes = (tf.pad(t, [[0, 0], [0, pad]]) for t in (scores, classes))
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
     return {
         BOXES: boxes,
         SCORES: scores,
         CLASSES: classes,
         NUM_DETECTIONS: tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
-        DETECTIONS: tf.stack([xmin, ymin, xmax, ymax, classes, scores], axis=-1),
     }

@@ -38,10 +38,10 @@ _IOU_50, _IOU_75 = 0, 5  # indices of 0.5 and 0.75 in IOU_THRESHOLDS
 class ImageData(NamedTuple):
     """Ground truth and detections of one image.
 
-    Boxes are normalized ``(xmin, ymin, xmax, ymax)``; ``height``/``width`` turn them into
-    pixels, the unit of COCO's IoU and area ranges. ``gt_areas`` are annotation areas in
-    pixels (what COCO's size ranges test); detection areas are their box areas, as
-    ``COCO.loadRes`` sets them. Classes are 1-based.
+    Boxes are ``data.boxes.XYXY`` (normalized xmin, ymin, xmax, ymax); ``height`` and
+    ``width`` turn them into pixels, the unit of COCO's IoU and area ranges. ``gt_areas``
+    are annotation areas in pixels (what COCO's size ranges test); detection areas are
+    their box areas, as ``COCO.loadRes`` sets them. Classes are 1-based.
     """
 
     height: float

@@ -11,8 +11,9 @@ Configure it like any TFMA metric::
                       config=json.dumps({"class_names": ["circle", "square", ...]}))
 
 Ground truth comes from the example's features (``data.feature_spec`` keys), detections from
-the model's named outputs ``detections`` ([K, 6] normalized xmin, ymin, xmax, ymax, class,
-score) and ``num_detections`` (rows of ``detections`` that are real). Thresholds set on the
+the model's named outputs, the contract of every exported signature:
+``detection_boxes`` ([K, 4], ``data.boxes.YXYX``), ``detection_classes``,
+``detection_scores`` and ``num_detections`` (how many rows are real). Thresholds set on the
 MetricConfig gate the AP@[.5:.95] key (``name``, "mAP" by default).
 
 Besides COCOeval's numbers each slice gets what a release decision needs (see
@@ -35,11 +36,10 @@ from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.utils import util
 
 from components.coco_eval import calibration, cocoeval
+from data import boxes
 from data import feature_spec as fs
 
 MAP = "mAP"
-DETECTIONS_KEY = "detections"
-NUM_DETECTIONS_KEY = "num_detections"
 # Keys of cocoeval.Summary.stats[1:] (pycocotools' stats order); stats[0] is ``name``.
 STAT_NAMES = (
     "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
@@ -60,8 +60,6 @@ RELIABILITY_COUNT = "reliability/count"  # [NUM_BINS] detections per score bin
 RELIABILITY_SCORE = "reliability/score"  # [NUM_BINS] their mean score (-1: empty bin)
 RELIABILITY_PRECISION = "reliability/precision"  # [NUM_BINS] share right (-1: empty bin)
 DEFAULT_MIN_IMAGES = 20
-_BOX_KEYS = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX)
-_DETECTION_COLUMNS = 6  # xmin, ymin, xmax, ymax, class, score
 
 
 class CocoDetectionMetrics(metric_types.Metric):
@@ -76,31 +74,20 @@ class CocoDetectionMetrics(metric_types.Metric):
         self,
         class_names: Sequence[str],
         name: str = MAP,
-        detections_key: str = DETECTIONS_KEY,
-        num_detections_key: str = NUM_DETECTIONS_KEY,
         min_images: int = DEFAULT_MIN_IMAGES,
     ):
         """Args:
         class_names: label i+1 is class_names[i]; names the per-class keys.
         name: key of AP@[.5:.95], the number thresholds on this MetricConfig gate.
-        detections_key / num_detections_key: the model outputs holding the detections.
         min_images: fewer images than this make a slice "too few examples".
         """
-        super().__init__(
-            _coco_computations,
-            class_names=list(class_names),
-            name=name,
-            detections_key=detections_key,
-            num_detections_key=num_detections_key,
-            min_images=min_images,
-        )
+        super().__init__(_coco_computations, class_names=list(class_names), name=name,
+                         min_images=min_images)
 
 
 def _coco_computations(
     class_names: Sequence[str],
     name: str = MAP,
-    detections_key: str = DETECTIONS_KEY,
-    num_detections_key: str = NUM_DETECTIONS_KEY,
     min_images: int = DEFAULT_MIN_IMAGES,
     model_names: Sequence[str] | None = None,
 ) -> metric_types.MetricComputations:
@@ -108,7 +95,7 @@ def _coco_computations(
     computations = []
     for model_name in model_names or [""]:
         combiner = _CocoCombiner(class_names, name, model_name, min_images)
-        preprocessor = _ImagePreprocessor(model_name, detections_key, num_detections_key)
+        preprocessor = _ImagePreprocessor(model_name)
         computations.append(
             metric_types.MetricComputation(
                 keys=combiner.keys(), preprocessors=[preprocessor], combiner=combiner
@@ -132,44 +119,43 @@ def _scalar(values: Mapping[str, Any], key: str, what: str) -> float:
     return _lookup(values, key, what).reshape(-1)[0].item()
 
 
-def image_data(
-    features: Mapping[str, Any] | None,
-    outputs: Mapping[str, Any] | None,
-    detections_key: str = DETECTIONS_KEY,
-    num_detections_key: str = NUM_DETECTIONS_KEY,
-) -> cocoeval.ImageData:
+def image_data(features: Mapping[str, Any] | None,
+               outputs: Mapping[str, Any] | None) -> cocoeval.ImageData:
     """One example's GT (from its features) and detections (from the model outputs).
 
     Raises:
       KeyError: a feature or model output is missing; the message names it.
-      ValueError: the per-object features disagree in length.
+      ValueError: the per-object features disagree in length, or boxes are not in the
+        format their key promises (``data.boxes.check``).
     """
     if not isinstance(features, Mapping):
         raise KeyError(f"CocoDetectionMetrics needs the example's features, got {features!r}")
     if not isinstance(outputs, Mapping):
         raise KeyError(
-            f"CocoDetectionMetrics needs named model outputs '{detections_key}' and "
-            f"'{num_detections_key}', got {type(outputs).__name__}"
+            f"CocoDetectionMetrics needs the named model outputs {list(fs.DETECTION_OUTPUTS)}, "
+            f"got {type(outputs).__name__}"
         )
-    boxes = np.stack([_lookup(features, k, "feature").reshape(-1) for k in _BOX_KEYS], axis=1)
+    gt_boxes = boxes.from_features(features, boxes.XYXY)
     per_object = {k: _lookup(features, k, "feature").reshape(-1)
                   for k in (fs.CLASS_LABEL, fs.AREA, fs.IS_CROWD)}
-    if any(len(v) != len(boxes) for v in per_object.values()):
+    if any(len(v) != len(gt_boxes) for v in per_object.values()):
         sizes = {k: len(v) for k, v in per_object.items()}
-        raise ValueError(f"{len(boxes)} boxes but per-object feature lengths {sizes}")
-    num_detections = int(_scalar(outputs, num_detections_key, "model output"))
-    detections = _lookup(outputs, detections_key, "model output")
-    detections = detections.reshape(-1, _DETECTION_COLUMNS)[:num_detections]
+        raise ValueError(f"{len(gt_boxes)} boxes but per-object feature lengths {sizes}")
+    count = int(_scalar(outputs, fs.NUM_DETECTIONS, "model output"))
+    detected = {k: _lookup(outputs, k, "model output")
+                for k in (fs.DETECTION_BOXES, fs.DETECTION_CLASSES, fs.DETECTION_SCORES)}
+    det_boxes = boxes.convert(detected[fs.DETECTION_BOXES].reshape(-1, 4)[:count],
+                              boxes.YXYX, boxes.XYXY, where=fs.DETECTION_BOXES)
     return cocoeval.ImageData(
         height=_scalar(features, fs.IMAGE_HEIGHT, "feature"),
         width=_scalar(features, fs.IMAGE_WIDTH, "feature"),
-        gt_boxes=boxes.astype(np.float32),
+        gt_boxes=boxes.check(gt_boxes, boxes.XYXY, "ground truth").astype(np.float32),
         gt_classes=per_object[fs.CLASS_LABEL].astype(np.int64),
         gt_areas=per_object[fs.AREA].astype(np.float32),
         gt_crowd=per_object[fs.IS_CROWD].astype(bool),
-        det_boxes=detections[:, :4].astype(np.float32),
-        det_classes=np.rint(detections[:, 4]).astype(np.int64),
-        det_scores=detections[:, 5].astype(np.float32),
+        det_boxes=det_boxes.astype(np.float32),
+        det_classes=np.rint(detected[fs.DETECTION_CLASSES].reshape(-1)[:count]).astype(np.int64),
+        det_scores=detected[fs.DETECTION_SCORES].reshape(-1)[:count].astype(np.float32),
         image_id=_source_id(features),
     )
 
@@ -185,20 +171,13 @@ def _source_id(features: Mapping[str, Any]) -> str:
 class _ImagePreprocessor(metric_types.Preprocessor):
     """Reduces an example's extracts to a compact ImageData once, before slicing copies it."""
 
-    def __init__(self, model_name: str, detections_key: str, num_detections_key: str):
-        super().__init__(name=f"coco_image_{model_name}_{detections_key}_{num_detections_key}")
+    def __init__(self, model_name: str):
+        super().__init__(name=f"coco_image_{model_name}")
         self._model_name = model_name
-        self._detections_key = detections_key
-        self._num_detections_key = num_detections_key
 
     def process(self, extracts: dict[str, Any]) -> Iterator[cocoeval.ImageData]:
         extracts = util.StandardExtracts(extracts)
-        yield image_data(
-            extracts.get_features(),
-            extracts.get_predictions(self._model_name),
-            self._detections_key,
-            self._num_detections_key,
-        )
+        yield image_data(extracts.get_features(), extracts.get_predictions(self._model_name))
 
 
 class _CocoCombiner(beam.CombineFn):

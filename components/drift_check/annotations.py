@@ -22,15 +22,16 @@ import numpy as np
 import tensorflow as tf
 
 from components.drift_check.drift import BOX_ASPECT
+from data import boxes as box_formats
 from data import feature_spec as fs
 
 MAX_IDS = 20  # example ids listed per finding; the counts are complete
-_BOX_KEYS = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX)
+_BOX_KEYS = box_formats.FEATURE_KEYS[box_formats.XYXY]  # ImageBoxes.boxes' column order
 
 
 # Per-image values read besides the boxes: what PSI is computed on (drift.py).
 SCALAR_FEATURES = (fs.STATS_BRIGHTNESS, fs.STATS_CONTRAST, fs.STATS_NUM_OBJECTS)
-CATEGORY_FEATURES = tuple(fs.meta_key(f) for f in ("camera", "lighting"))
+CATEGORY_FEATURES = fs.META_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class ImageBoxes:
     source_id: str
     width: int
     height: int
-    boxes: np.ndarray  # [N, 4] normalized xmin, ymin, xmax, ymax
+    boxes: np.ndarray  # [N, 4] data.boxes.XYXY
     labels: np.ndarray  # [N] 1-based class
     areas: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # [N] pixels
     values: dict = dataclasses.field(default_factory=dict)  # SCALAR/CATEGORY_FEATURES
