@@ -24,6 +24,7 @@ import os
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -410,7 +411,7 @@ def generate(
     seed: int = 0,
     scenario: str = "default",
     first_image_id: int = 1,
-    show_progress: bool = False,
+    progress: TextIO | None = None,
 ) -> pathlib.Path:
     """Writes ``annotations.json`` and ``images/*.jpg`` under ``out_dir``; returns the json path.
 
@@ -418,6 +419,7 @@ def generate(
     regenerated rather than stored, and ``first_image_id`` lets a later batch (a new span)
     continue the id space with new images. Image entries carry the ``camera`` and
     ``lighting`` metadata fields (``feature_spec.META_FIELDS``) as top-level keys.
+    A progress bar is drawn on ``progress`` (e.g. ``sys.stderr``) if given.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
@@ -430,7 +432,8 @@ def generate(
     images: list[dict] = []
     annotations: list[dict] = []
     ids = range(first_image_id, first_image_id + num_images)
-    for image_id in tqdm(ids, desc=f"synth {scenario}", unit="img", disable=not show_progress):
+    for image_id in tqdm(ids, desc=f"synth {scenario}", unit="img", file=progress,
+                         disable=progress is None):
         image, meta, targets = _render(image_id, seed, knobs)
         file_name = f"images/{image_id:06d}.jpg"
         image.save(out / file_name, format="JPEG", quality=_JPEG_QUALITY)

@@ -1,39 +1,39 @@
-"""Run configurations: one typed config, named presets, command-line overrides.
+"""Run configurations: typed sections, named presets, checked command-line overrides.
 
-    sightline run                      # preset "default": 3,000 synthetic images (see README)
+    sightline run                      # preset "default": 3,000 synthetic images (README)
     sightline run --config tiny        # 48 images, seconds of training: CI and smoke tests
-    sightline run --set train.epochs=5 --set map_floor=0.3
+    sightline run --set train.epochs=5 --set gates.map_floor=0.3
 
-Every field can be overridden with ``--set field=value`` (``train.<key>`` for the
-Trainer's custom_config). Paths are not configuration: they derive from the Sightline
-home (``SIGHTLINE_HOME``, default ``./.sightline``), see ``paths``.
+Every setting is ``<section>.<field>`` (``data``, ``gates``, ``drift``, ``train``,
+``edge``, ``beam``; ``train.<hparam>`` for the Trainer's ``TrainConfig``), plus the
+top-level ``pipeline_name`` and ``enable_cache``. Keys and values are checked when the
+config is loaded, with the closest key suggested for a typo. Paths are not
+configuration: they derive from the Sightline home (``SIGHTLINE_HOME``, default
+``./.sightline``), see ``Paths``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from schemas import DEFAULT_SCHEMA_PATH
+from pipelines.settings import (
+    DEFAULT_RUN_FN,
+    BeamSettings,
+    DataSettings,
+    DriftSettings,
+    EdgeSettings,
+    GateSettings,
+    SyntheticData,
+    TrainSettings,
+)
 
 HOME_ENV = "SIGHTLINE_HOME"
 DEFAULT_HOME = ".sightline"
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntheticData:
-    """The generated dataset used when no data_root is given."""
-
-    num_images: int = 3000
-    seed: int = 0
-    scenario: str = "default"
-
-    @property
-    def key(self) -> str:
-        return f"{self.scenario}-{self.num_images}-seed{self.seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,78 +41,19 @@ class RunConfig:
     """Everything a pipeline run depends on, except paths."""
 
     pipeline_name: str = "sightline"
-    data_root: str | None = None  # a COCO dataset folder; None: the synthetic dataset
-    annotations_pattern: str = "annotations.json"
-    synthetic: SyntheticData = SyntheticData()
-    schema_path: str = DEFAULT_SCHEMA_PATH
-    split_buckets: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"train": 4, "eval": 1}
-    )
-    train: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # A floor that catches a broken model, not a quality bar: the default detector reaches
-    # mAP ~0.22-0.24 in its ~6.5-minute budget (README); raise it as the trainer improves.
-    map_floor: float = 0.1
-    max_map_regression: float = 0.01
-    # No slice of these features may lose more mAP than this versus the blessed model;
-    # slices with fewer than min_slice_images eval images are "too few examples" instead.
-    gated_slices: tuple[str, ...] = ("meta/camera", "meta/lighting")
-    max_slice_map_regression: float = 0.05
-    min_slice_images: int = 20
-    # The Trainer's run_fn: swap in your own model code without touching the DAG.
-    run_fn: str = "trainer.task.run_fn"
     # Reuse a component's earlier outputs when its inputs and settings are unchanged.
     enable_cache: bool = False
-    # Drift versus the previous span: "fail" stops the run before training, "warn" records
-    # it and trains. L∞ / JS thresholds are the schema's drift comparators.
-    on_drift: str = "fail"
-    psi_threshold: float = 0.25
-    box_fit_tolerance: float = 0.3  # per-class median object/box area may move ±30 %
-    # The edge branch: QAT fine-tune epochs and rate, and how much mAP a TFLite variant
-    # may lose versus the float model and still ship (0.01 = one point). False leaves
-    # the branch out (e.g. for a run_fn whose model is not trainer/'s Keras detector).
-    edge: bool = True
-    qat_epochs: int = 1  # measured: 1 epoch at 1e-4 ends 0.5 mAP points below float
-    qat_learning_rate: float = 1e-4
-    edge_map_tolerance: float = 0.01
-    # Beam: "in_memory" or "multi_processing" locally; extra args reach any runner
-    # (e.g. --runner=DataflowRunner --project=... for the same DAG on Dataflow).
-    beam_direct_running_mode: str = "in_memory"
-    beam_num_workers: int = 2
-    beam_extra_args: tuple[str, ...] = ()
+    data: DataSettings = DataSettings()
+    gates: GateSettings = GateSettings()
+    drift: DriftSettings = DriftSettings()
+    train: TrainSettings = TrainSettings()
+    edge: EdgeSettings = EdgeSettings()
+    beam: BeamSettings = BeamSettings()
 
-    def beam_pipeline_args(self) -> list[str]:
-        return [
-            f"--direct_running_mode={self.beam_direct_running_mode}",
-            f"--direct_num_workers={self.beam_num_workers}",
-            *self.beam_extra_args,
-        ]
-
-
-def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
-    """The ``create_pipeline`` arguments a config decides (runners add paths and infra)."""
-    from schemas.curate import class_names  # imports TFDV: not needed to parse a config
-
-    return {
-        "pipeline_name": config.pipeline_name,
-        "annotations_pattern": config.annotations_pattern,
-        "schema_path": config.schema_path,
-        "class_names": class_names(config.schema_path),
-        "train_config": config.train,
-        "split_buckets": config.split_buckets,
-        "map_floor": config.map_floor,
-        "max_map_regression": config.max_map_regression,
-        "gated_slices": list(config.gated_slices),
-        "max_slice_map_regression": config.max_slice_map_regression,
-        "min_slice_images": config.min_slice_images,
-        "run_fn": config.run_fn,
-        "enable_cache": config.enable_cache,
-        "on_drift": config.on_drift,
-        "psi_threshold": config.psi_threshold,
-        "box_fit_tolerance": config.box_fit_tolerance,
-        "qat_epochs": config.qat_epochs,
-        "qat_learning_rate": config.qat_learning_rate,
-        "edge_map_tolerance": config.edge_map_tolerance,
-    }
+    def sections(self) -> dict[str, Any]:
+        """The typed sections, as ``create_pipeline`` takes them."""
+        return {name: getattr(self, name)
+                for name in ("data", "gates", "drift", "train", "edge", "beam")}
 
 
 CONFIGS: dict[str, RunConfig] = {
@@ -120,12 +61,176 @@ CONFIGS: dict[str, RunConfig] = {
     # Seconds of training on 48 images: proves the DAG end to end, not the model.
     "tiny": RunConfig(
         pipeline_name="sightline-tiny",
-        synthetic=SyntheticData(num_images=48, seed=7),
-        train={"epochs": 1, "input_size": 96, "batch_size": 8},
-        map_floor=0.0,
-        min_slice_images=1,  # ~9 eval images: every slice is small
+        data=DataSettings(synthetic=SyntheticData(num_images=48, seed=7)),
+        train=TrainSettings(hparams={"epochs": 1, "input_size": 96, "batch_size": 8}),
+        gates=GateSettings(map_floor=0.0, min_slice_images=1),  # ~9 eval images per run
     ),
 }
+
+
+def load(name: str, overrides: Iterable[str] = ()) -> RunConfig:
+    """A preset with ``key=value`` overrides applied, every key and value checked.
+
+    Raises:
+      ValueError: unknown preset, malformed override, unknown key (naming the closest
+        one), a value of the wrong type or out of range (naming the key and the rule).
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}")
+    values = _as_dict(CONFIGS[name])
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. train.epochs=3")
+        _set(values, key.strip(), raw)
+    _check_hparam_keys(values["train"])
+    return _build(RunConfig, values)
+
+
+def setting_keys() -> list[str]:
+    """Every key ``--set`` accepts (the default run_fn's hparams included)."""
+    return _keys(RunConfig, "") + [f"train.{k}" for k in TrainSettings.known_hparams()]
+
+
+def flat_settings(config: RunConfig) -> dict[str, Any]:
+    """{key: value} for every key ``--set`` accepts; hparams include TrainConfig defaults."""
+    values: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif not (isinstance(obj, TrainSettings) and f.name == "hparams"):
+                values[prefix + f.name] = value
+
+    walk(config, "")
+    if config.train.run_fn == DEFAULT_RUN_FN:
+        from trainer.config import TrainConfig
+
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        values.update({f"train.{k}": defaults[k] for k in TrainSettings.known_hparams()})
+    values.update({f"train.{k}": v for k, v in config.train.hparams.items()})
+    return dict(sorted(values.items()))
+
+
+# --- overrides ----------------------------------------------------------------------
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """A config as nested plain dicts (dataclasses.asdict keeps Mappings and tuples)."""
+    return dataclasses.asdict(obj)
+
+
+def _keys(cls: type, prefix: str) -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        nested = _NESTED.get(f.type)
+        if nested is not None:
+            keys += _keys(nested, f"{prefix}{f.name}.")
+        elif not (cls is TrainSettings and f.name == "hparams"):
+            keys.append(prefix + f.name)
+    return keys
+
+
+_NESTED = {cls.__name__: cls for cls in (DataSettings, GateSettings, DriftSettings,
+                                         TrainSettings, EdgeSettings, BeamSettings,
+                                         SyntheticData)}
+
+
+def _set(values: dict[str, Any], key: str, raw: str) -> None:
+    """Sets ``key`` (dotted) in the nested dict, its value parsed by the field's type."""
+    cls, node, parts = RunConfig, values, key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if cls is TrainSettings and part != "run_fn":
+            if not last:
+                _unknown(key)
+            node["hparams"] = {**node["hparams"], part: _parse_json(raw)}
+            return
+        field = next((f for f in dataclasses.fields(cls) if f.name == part), None)
+        if field is None:
+            _unknown(key)
+        nested = _NESTED.get(field.type)
+        if last:
+            if nested is not None:
+                raise ValueError(f"{key!r} is a section; set one of its keys, e.g. "
+                                 f"{_keys(nested, key + '.')[0]}=...")
+            node[part] = _coerce(raw, field.type, key)
+            return
+        if nested is None:
+            _unknown(key)
+        cls, node = nested, node[part]
+
+
+def _unknown(key: str) -> None:
+    known = setting_keys()
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:  # a flat name from older configs: match it on the key's last part
+        tails = {k.rsplit(".", 1)[-1]: k for k in known}
+        close = [tails[t] for t in difflib.get_close_matches(key.rsplit(".", 1)[-1], tails, n=1)]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown setting {key!r}{hint}; `sightline config` lists every key "
+                     "with its value")
+
+
+def _check_hparam_keys(train: Mapping[str, Any]) -> None:
+    """Unknown ``train.<key>`` of the default run_fn fail here, with the closest key."""
+    if train["run_fn"] != DEFAULT_RUN_FN:
+        return
+    for key in train["hparams"]:
+        if key not in TrainSettings.known_hparams():
+            _unknown(f"train.{key}")
+
+
+def _parse_json(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _coerce(raw: str, kind: str, key: str) -> Any:
+    """The override text as the field's type, or an error naming the key and the type."""
+    text = raw.strip()
+    if kind == "str":
+        return raw
+    if kind == "str | None":
+        return None if text.lower() in ("", "none", "null") else raw
+    if kind == "bool":
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{key}={raw!r}: expected true or false")
+    value = _parse_json(text)
+    expected = {"int": int, "float": (int, float)}.get(kind)
+    if expected is not None:
+        if isinstance(value, bool) or not isinstance(value, expected):
+            wanted = "an integer" if kind == "int" else "a number"
+            raise ValueError(f"{key}={raw!r}: expected {wanted}")
+        return float(value) if kind == "float" else value
+    if kind == "tuple[str, ...]":
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ValueError(f'{key}={raw!r}: expected a JSON list of strings, e.g. ["a", "b"]')
+        return tuple(value)
+    if kind.startswith("Mapping"):
+        if not isinstance(value, dict):
+            raise ValueError(f'{key}={raw!r}: expected a JSON object, e.g. {{"train": 4}}')
+        return value
+    raise TypeError(f"no parser for {key} of type {kind}")  # a new field type: add it here
+
+
+def _build(cls: type, values: Mapping[str, Any]) -> Any:
+    """Nested dicts -> the frozen dataclasses; each section validates itself."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        nested = _NESTED.get(f.type)
+        kwargs[f.name] = _build(nested, values[f.name]) if nested else values[f.name]
+    return cls(**kwargs)
+
+
+# --- paths ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +256,10 @@ class Paths:
     def edge_bundle_dir(self) -> str:
         return os.path.join(self.home, "edge", self.pipeline_name)
 
+    @property
+    def logs(self) -> str:
+        return os.path.join(self.home, "logs")
+
     def synthetic_data(self, synthetic: SyntheticData) -> str:
         return os.path.join(self.home, "datasets", synthetic.key)
 
@@ -158,41 +267,3 @@ class Paths:
 def home_dir(home: str | None = None) -> str:
     """The Sightline home: the argument, else $SIGHTLINE_HOME, else ./.sightline."""
     return os.path.abspath(home or os.environ.get(HOME_ENV) or DEFAULT_HOME)
-
-
-def load(name: str, overrides: Iterable[str] = ()) -> RunConfig:
-    """A preset with ``field=value`` overrides applied (values parsed as JSON if they can be)."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}")
-    config = CONFIGS[name]
-    for item in overrides:
-        field, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} must look like field=value, e.g. train.epochs=3")
-        config = _override(config, field.strip(), _parse(raw))
-    return config
-
-
-def _parse(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _override(config: RunConfig, field: str, value: Any) -> RunConfig:
-    head, _, rest = field.partition(".")
-    if head == "train" and rest:
-        return dataclasses.replace(config, train={**config.train, rest: value})
-    if head == "synthetic" and rest:
-        return dataclasses.replace(
-            config, synthetic=_replace_checked(config.synthetic, rest, value)
-        )
-    return _replace_checked(config, field, value)
-
-
-def _replace_checked(obj: Any, field: str, value: Any) -> Any:
-    names = [f.name for f in dataclasses.fields(obj)]
-    if field not in names:
-        raise ValueError(f"unknown field {field!r} in {type(obj).__name__}; fields: {names}")
-    return dataclasses.replace(obj, **{field: value})

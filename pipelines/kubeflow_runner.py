@@ -1,7 +1,9 @@
 """Compiles the same ``create_pipeline`` for Kubeflow Pipelines (KFP v2 / Vertex AI).
 
 The compile is offline: the trainer is referenced by a dotted ``run_fn`` path, so no
-user-code wheel is uploaded; the code must be baked into the container image.
+user-code wheel is uploaded; the code must be baked into the container image, and that
+image must set ``TF_USE_LEGACY_KERAS=1`` (tfmot and TFMA need Keras 2, and there the
+component processes start in TFX's entrypoint, not in ``sightline``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def compile_pipeline(
     Args:
       pipeline_root / data_root / serving_model_dir: cluster-visible URIs (e.g. gs://).
       edge_bundle_dir: where edge bundles go (cluster-visible); default:
-        ``<serving_model_dir>-edge``. Unused when ``config.edge`` is False.
+        ``<serving_model_dir>-edge``. Unused when ``config.edge.enabled`` is False.
       image: the container image with Sightline installed (``pip install -e .``).
     """
     if not _KFP_NAME.match(config.pipeline_name):
@@ -52,16 +54,19 @@ def compile_pipeline(
             f"pipeline name {config.pipeline_name!r} is not a valid Kubeflow name: use lower-case "
             "letters, digits and '-', starting with a letter or digit (no underscores)"
         )
+    from schemas.curate import class_names  # imports TFDV: only when building the DAG
+
     pipeline = create_pipeline(
-        **configs.pipeline_arguments(config),
-        # The KFP compiler accepts only TFX's own resolver strategies.
-        previous_span_strategy=tfx.dsl.experimental.LatestArtifactStrategy,
+        **config.sections(),
+        pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         data_root=data_root,
+        class_names=class_names(config.data.schema_path),
         serving_model_dir=serving_model_dir,
-        edge_bundle_dir=(edge_bundle_dir or serving_model_dir.rstrip("/") + "-edge")
-        if config.edge else None,
-        beam_pipeline_args=config.beam_extra_args,
+        edge_bundle_dir=edge_bundle_dir or serving_model_dir.rstrip("/") + "-edge",
+        # The KFP compiler accepts only TFX's own resolver strategies.
+        previous_span_strategy=tfx.dsl.experimental.LatestArtifactStrategy,
+        enable_cache=config.enable_cache,
     )
     orchestration = _runner_class()
     runner = orchestration.KubeflowV2DagRunner(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -22,9 +22,16 @@ from components.edge_optimizer import EdgeOptimizer
 from components.edge_pusher import EdgePusher
 from components.model_pusher import ModelPusher
 from data import feature_spec as fs
+from pipelines.settings import (
+    BeamSettings,
+    DataSettings,
+    DriftSettings,
+    EdgeSettings,
+    GateSettings,
+    TrainSettings,
+)
 from trainer import executor as trainer_executor
 
-TRAINER_RUN_FN = "trainer.task.run_fn"
 MAP_METRIC = "mAP"  # the gated metric: COCO AP@[.5:.95]
 COCO_METRICS_MODULE = "components.coco_eval.metric"
 
@@ -35,70 +42,77 @@ class Trainer(tfx.components.Trainer):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(trainer_executor.Executor)
 
 
+class _DataStage(NamedTuple):
+    """Ingestion and the data checks that must pass before training."""
+
+    previous_span: tfx.dsl.Resolver
+    example_gen: CocoExampleGen
+    statistics_gen: tfx.components.StatisticsGen
+    schema_gen: tfx.components.ImportSchemaGen
+    example_validator: tfx.components.ExampleValidator
+    drift_check: DriftCheck
+    anomaly_gate: AnomalyGate
+
+
+class _ModelStage(NamedTuple):
+    """Training, the gated evaluation and the push of a blessed model."""
+
+    trainer: Trainer
+    baseline_resolver: tfx.dsl.Resolver
+    evaluator: tfx.components.Evaluator
+    pusher: ModelPusher
+
+
 def create_pipeline(
     *,
     pipeline_name: str,
     pipeline_root: str,
     data_root: str,
-    annotations_pattern: str,
-    schema_path: str,
     class_names: Sequence[str],
-    train_config: dict[str, Any],
     serving_model_dir: str,
-    split_buckets: dict[str, int] | None = None,
-    map_floor: float = 0.0,
-    max_map_regression: float = 0.01,
-    gated_slices: Sequence[str] = fs.META_KEYS,
-    max_slice_map_regression: float = 0.05,
-    min_slice_images: int = 20,
-    run_fn: str = TRAINER_RUN_FN,
-    on_drift: str = "fail",
-    psi_threshold: float = 0.25,
-    box_fit_tolerance: float = 0.3,
-    previous_span_strategy: type = LatestIfAnyStrategy,
+    data: DataSettings,
+    gates: GateSettings,
+    drift: DriftSettings,
+    train: TrainSettings,
+    edge: EdgeSettings,
+    beam: BeamSettings,
     edge_bundle_dir: str | None = None,
-    qat_epochs: int = 1,
-    qat_learning_rate: float = 1e-4,
-    edge_map_tolerance: float = 0.01,
+    previous_span_strategy: type = LatestIfAnyStrategy,
     metadata_connection_config: Any = None,
-    beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Builds COCO ingestion -> data checks -> training -> gated evaluation -> push.
 
     Args:
-      data_root / annotations_pattern: the COCO dataset (``span-{SPAN}/...`` for spans).
-      schema_path: the curated schema file; it also defines the label space.
-      class_names: label i+1 is class_names[i] (read from the schema by the runner).
-      train_config: the Trainer's custom_config (see trainer/config.py).
+      data_root: the COCO dataset folder (``data.annotations_pattern`` is relative to it).
+      class_names: label i+1 is class_names[i] (read from ``data.schema_path`` by the runner).
       serving_model_dir: TF Serving model base path; versions are pushed below it.
-      map_floor / max_map_regression / gated_slices / max_slice_map_regression /
-        min_slice_images: the blessing gates, see ``eval_config``.
-      run_fn: the Trainer's ``run_fn`` (module path): the detector in ``trainer/`` by default.
-      on_drift / psi_threshold / box_fit_tolerance: the drift gate (see DriftCheck); the
-        L∞ / JS thresholds are the schema's drift comparators.
+      data / gates / drift / train / edge / beam: the typed settings
+        (``pipelines.settings``); their defaults live there and nowhere else.
+      edge_bundle_dir: where EdgePusher writes edge bundles; needed when ``edge.enabled``.
       previous_span_strategy: how the previous span is resolved (Kubeflow needs TFX's own
         LatestArtifactStrategy).
-      edge_bundle_dir: where EdgePusher writes edge bundles; None leaves out the edge
-        branch (EdgeOptimizer and EdgePusher), e.g. for a run_fn whose model is not the
-        Keras detector in ``trainer/``.
-      qat_epochs / qat_learning_rate: the QAT fine-tune; edge_map_tolerance: how much
-        mAP a shipped TFLite variant may lose versus the float model.
     """
-    # Ingest COCO images and boxes; bad records are quarantined, splits are hashed.
-    example_gen = CocoExampleGen(
-        input_base=data_root, annotations_pattern=annotations_pattern, split_buckets=split_buckets
+    data_stage = _data_components(data_root, data, drift, previous_span_strategy)
+    model_stage = _model_components(data_stage, class_names, train, gates, serving_model_dir)
+    components = [*data_stage, *model_stage]
+    if edge.enabled:
+        if not edge_bundle_dir:
+            raise ValueError("edge.enabled needs an edge_bundle_dir to push bundles to")
+        components += _edge_components(edge, edge_bundle_dir, gates.min_slice_images,
+                                       data_stage.example_gen, model_stage)
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=components,
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam.pipeline_args(),
     )
-    # The reviewed schema, never re-inferred: data changes must show up as anomalies.
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
-    # Per-split feature statistics: what the schema check and drift checks read. With the
-    # schema, categorical ints (the class label) get value counts.
-    statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
-    # Compare this data's statistics with the schema.
-    example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
-    )
+
+
+def _data_components(data_root: str, data: DataSettings, drift: DriftSettings,
+                     previous_span_strategy: type) -> _DataStage:
     # The previous span: the latest statistics and examples recorded before this run (the
     # resolver runs before ExampleGen, so never this run's own).
     previous_span = tfx.dsl.Resolver(
@@ -106,7 +120,20 @@ def create_pipeline(
         statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
         examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
     ).with_id("previous_span_resolver")
+    # Ingest COCO images and boxes; bad records are quarantined, splits are hashed.
+    example_gen = CocoExampleGen(input_base=data_root,
+                                 annotations_pattern=data.annotations_pattern,
+                                 split_buckets=dict(data.split_buckets))
     example_gen.add_upstream_node(previous_span)
+    # The reviewed schema, never re-inferred: data changes must show up as anomalies.
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)
+    # Per-split feature statistics: what the schema check and drift checks read. With the
+    # schema, categorical ints (the class label) get value counts.
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
+    # Compare this data's statistics with the schema.
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     # Span-over-span drift (L∞, JS, PSI) and annotation quality, recorded in MLMD.
     drift_check = DriftCheck(
         statistics=statistics_gen.outputs["statistics"],
@@ -114,25 +141,29 @@ def create_pipeline(
         schema=schema_gen.outputs["schema"],
         baseline_statistics=previous_span.outputs["statistics"],
         baseline_examples=previous_span.outputs["examples"],
-        psi_threshold=psi_threshold,
-        box_fit_tolerance=box_fit_tolerance,
+        psi_threshold=drift.psi_threshold,
+        box_fit_tolerance=drift.box_fit_tolerance,
     )
     # Anomalies (and drift, with on_drift="fail") stop the run here, naming them.
-    anomaly_gate = AnomalyGate(
-        anomalies=example_validator.outputs["anomalies"],
-        drift=drift_check.outputs["drift"],
-        on_drift=on_drift,
-    )
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
+                               drift=drift_check.outputs["drift"], on_drift=drift.on_drift)
+    return _DataStage(previous_span, example_gen, statistics_gen, schema_gen,
+                      example_validator, drift_check, anomaly_gate)
+
+
+def _model_components(data: _DataStage, class_names: Sequence[str], train: TrainSettings,
+                      gates: GateSettings, serving_model_dir: str) -> _ModelStage:
+    examples = data.example_gen.outputs["examples"]
     # Train the detector, export the serving signatures, record its hparams in MLMD.
     trainer = Trainer(
-        run_fn=run_fn,
-        examples=example_gen.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
+        run_fn=train.run_fn,
+        examples=examples,
+        schema=data.schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={**train_config, "class_names": list(class_names)},
+        custom_config={**train.hparams, "class_names": list(class_names)},
     )
-    trainer.add_upstream_node(anomaly_gate)
+    trainer.add_upstream_node(data.anomaly_gate)
     # The latest blessed model, the baseline a candidate must not regress against.
     baseline_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -141,15 +172,11 @@ def create_pipeline(
     ).with_id("latest_blessed_model_resolver")
     # Exact COCO mAP overall and per slice; blesses the model only if the gates hold.
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
+        examples=examples,
         model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"],
-        eval_config=eval_config(
-            class_names=class_names, map_floor=map_floor, max_map_regression=max_map_regression,
-            gated_slices=gated_slices, max_slice_map_regression=max_slice_map_regression,
-            min_slice_images=min_slice_images,
-        ),
-        schema=schema_gen.outputs["schema"],
+        eval_config=eval_config(class_names, gates),
+        schema=data.schema_gen.outputs["schema"],
     )
     # Publish blessed models as a new version of the TF Serving model directory.
     # With assets.extra/release.json: class thresholds, metrics, dataset hashes.
@@ -157,64 +184,49 @@ def create_pipeline(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"],
-        examples=example_gen.outputs["examples"],
+        examples=examples,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),
     ).with_id("Pusher")
-    components = [
-        previous_span, example_gen, statistics_gen, schema_gen, example_validator,
-        drift_check, anomaly_gate, trainer, baseline_resolver, evaluator, pusher,
-    ]
-    if edge_bundle_dir:
-        # QAT + float32/fp16/int8 TFLite variants, each scored like the float model.
-        edge_optimizer = EdgeOptimizer(
-            model=trainer.outputs["model"],
-            examples=example_gen.outputs["examples"],
-            qat_epochs=qat_epochs,
-            qat_learning_rate=qat_learning_rate,
-            min_slice_images=min_slice_images,
-        )
-        # For a blessed model: the smallest variant within the tolerance, as a bundle.
-        edge_pusher = EdgePusher(
-            model_blessing=evaluator.outputs["blessing"],
-            examples=example_gen.outputs["examples"],
-            edge_evaluation=edge_optimizer.outputs["edge_evaluation"],
-            variants={key: edge_optimizer.outputs[key]
-                      for key in EdgeOptimizer.SPEC_CLASS.OUTPUTS if key.endswith("_model")},
-            base_directory=edge_bundle_dir,
-            map_tolerance=edge_map_tolerance,
-        )
-        components += [edge_optimizer, edge_pusher]
-    return tfx.dsl.Pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
-        components=components,
-        enable_cache=enable_cache,
-        metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(beam_pipeline_args),
+    return _ModelStage(trainer, baseline_resolver, evaluator, pusher)
+
+
+def _edge_components(edge: EdgeSettings, edge_bundle_dir: str, min_slice_images: int,
+                     example_gen: CocoExampleGen, model: _ModelStage) -> list[Any]:
+    """The edge branch: TFLite variants of the trained model, and the bundle that ships."""
+    # QAT + float32/fp16/int8 TFLite variants, each scored like the float model.
+    edge_optimizer = EdgeOptimizer(
+        model=model.trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        qat_epochs=edge.qat_epochs,
+        qat_learning_rate=edge.qat_learning_rate,
+        min_slice_images=min_slice_images,
     )
+    # For a blessed model: the smallest variant within the tolerance, as a bundle.
+    edge_pusher = EdgePusher(
+        model_blessing=model.evaluator.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
+        edge_evaluation=edge_optimizer.outputs["edge_evaluation"],
+        variants={key: edge_optimizer.outputs[key]
+                  for key in EdgeOptimizer.SPEC_CLASS.OUTPUTS if key.endswith("_model")},
+        base_directory=edge_bundle_dir,
+        map_tolerance=edge.map_tolerance,
+    )
+    return [edge_optimizer, edge_pusher]
 
 
-def eval_config(
-    *,
-    class_names: Sequence[str],
-    map_floor: float,
-    max_map_regression: float,
-    gated_slices: Sequence[str] = fs.META_KEYS,
-    max_slice_map_regression: float = 0.05,
-    min_slice_images: int = 20,
-) -> tfma.EvalConfig:
+def eval_config(class_names: Sequence[str], gates: GateSettings) -> tfma.EvalConfig:
     """TFMA config: exact COCO metrics sliced overall and by metadata, and the gates.
 
     ``CocoDetectionMetrics`` reproduces pycocotools' COCOeval (crowd and area-range
     ignore semantics, 101-point AP) in one pass per slice, with calibration, per-class
     thresholds and per-class / per-size counts; TFMA's built-in COCO metrics approximate it
-    and are ~100x slower (``benchmarks/eval_bench.py``: 1866 s vs 18.3 s on 587 images).
+    and are about 100x slower (``docs/evaluation.md``, measured by ``benchmarks.eval_bench``).
     Per class and per object size are object-level slices, so they are metric keys
     (``AP/<class>``, ``mAP_small``, ...).
 
-    Gates (a model is blessed only if all hold):
+    Gates (a model is blessed only if all hold; the values are ``gates``'s fields):
       * overall mAP >= ``map_floor``;
       * overall mAP >= the latest blessed model's - ``max_map_regression``;
       * on every slice of each ``gated_slices`` feature: ``slice_mAP`` (the slice's mAP,
@@ -227,20 +239,20 @@ def eval_config(
     map_gate = tfma.PerSliceMetricThreshold(
         slicing_specs=[overall],
         threshold=tfma.MetricThreshold(
-            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": map_floor}),
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gates.map_floor}),
             change_threshold=tfma.GenericChangeThreshold(
-                direction=higher_is_better, absolute={"value": -max_map_regression},
+                direction=higher_is_better, absolute={"value": -gates.max_map_regression},
             ),
         ),
     )
     slice_gate = tfma.PerSliceMetricThreshold(
-        slicing_specs=[tfma.SlicingSpec(feature_keys=[key]) for key in gated_slices],
+        slicing_specs=[tfma.SlicingSpec(feature_keys=[key]) for key in gates.gated_slices],
         threshold=tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(
-            direction=higher_is_better, absolute={"value": -max_slice_map_regression},
+            direction=higher_is_better, absolute={"value": -gates.max_slice_map_regression},
         )),
     )
     coco_config = {"class_names": list(class_names), "name": MAP_METRIC,
-                   "min_images": min_slice_images}
+                   "min_images": gates.min_slice_images}
     metrics = [
         tfma.MetricConfig(
             class_name="CocoDetectionMetrics",
@@ -253,7 +265,7 @@ def eval_config(
     # Thresholds on a key the metric computes besides its main one go on the MetricsSpec.
     per_slice_thresholds = (
         {coco_metric.SLICE_MAP: tfma.PerSliceMetricThresholds(thresholds=[slice_gate])}
-        if gated_slices else {}
+        if gates.gated_slices else {}
     )
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_examples")],

@@ -1,6 +1,5 @@
-import os
+"""The curated TFDV schema and the rules that draft one."""
 
-# tfmot QAT and TFMA need Keras 2 (tf_keras); this must be set before TensorFlow loads.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import os
 
 DEFAULT_SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.pbtxt")

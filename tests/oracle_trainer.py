@@ -1,6 +1,6 @@
 """A Trainer ``run_fn`` for gate tests: exports the GT-reading FakeDetector instead of training.
 
-Select it with ``--set run_fn=tests.oracle_trainer.run_fn`` and choose how good the model
+Select it with ``--set train.run_fn=tests.oracle_trainer.run_fn`` and choose how good the model
 is with ``--set train.oracle_jitter=0.05`` (and ``train.oracle_camera_jitter={"cam-b": 0.8}``
 to degrade one camera's slice only).
 """
@@ -16,7 +16,8 @@ from tests.fake_detector import save_fake_detector
 from trainer.export import ASSETS_EXTRA, HPARAMS_FILE
 
 # The fake detector is not the Keras model in trainer/, so it has no TFLite variants.
-ORACLE = ["run_fn=tests.oracle_trainer.run_fn", "train.oracle_jitter=0.05", "edge=false"]
+ORACLE = ["train.run_fn=tests.oracle_trainer.run_fn", "train.oracle_jitter=0.05",
+          "edge.enabled=false"]
 
 
 def run_fn(fn_args) -> None:
@@ -32,7 +33,8 @@ def run_tiny(home: str, *overrides: str) -> dict:
     """The tiny config with this run_fn (and ``overrides``); its summary, stopped or not."""
     from rich.console import Console
 
-    from pipelines import configs, local_runner, runs
+    from pipelines import configs, local_runner
+    from pipelines.reports import runs
 
     config = configs.load("tiny", [*ORACLE, *overrides])
     try:

@@ -20,7 +20,7 @@ from tests.oracle_trainer import run_tiny
 @pytest.fixture(scope="module")
 def data_runs(tmp_path_factory) -> dict:
     home = str(tmp_path_factory.mktemp("data_report"))
-    return {"first": run_tiny(home), "night": run_tiny(home, "synthetic.scenario=night_heavy"),
+    return {"first": run_tiny(home), "night": run_tiny(home, "data.synthetic.scenario=night_heavy"),
             "home": home}
 
 

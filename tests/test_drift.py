@@ -8,10 +8,11 @@ import tensorflow_data_validation as tfdv
 
 from components.drift_check import annotations, drift
 from data import synth
+from pipelines.settings import DriftSettings
 from schemas import DEFAULT_SCHEMA_PATH, curate
 
 SPAN_IMAGES = 400  # ~ what a small daily span holds; noise is larger than at 3,000
-PSI_THRESHOLD = 0.25  # the pipeline default (pipelines/configs.py)
+PSI_THRESHOLD = DriftSettings().psi_threshold  # the pipeline default
 
 
 def test_psi_matches_a_hand_computed_value():

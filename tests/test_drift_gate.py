@@ -1,13 +1,14 @@
 """Drift through the real DAG: a night-heavy span after a default one stops before training
-(or, with on_drift=warn, trains), and the findings are in MLMD and the run summary."""
+(or, with drift.on_drift=warn, trains), and the findings are in MLMD and the run summary."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
 
-from pipelines import configs, runs
+from pipelines import configs
 from pipelines.cli import main
+from pipelines.reports import runs
 from tests.oracle_trainer import run_tiny
 
 
@@ -16,9 +17,9 @@ def drift_runs(tmp_path_factory) -> dict:
     home = str(tmp_path_factory.mktemp("drift"))
     return {
         "first": run_tiny(home),
-        "night": run_tiny(home, "synthetic.scenario=night_heavy"),
+        "night": run_tiny(home, "data.synthetic.scenario=night_heavy"),
         # Back to the default world: drift again, versus the night span before it.
-        "back_warn": run_tiny(home, "on_drift=warn"),
+        "back_warn": run_tiny(home, "drift.on_drift=warn"),
         "home": home,
     }
 
@@ -36,7 +37,7 @@ def test_drifted_span_stops_before_training_naming_what_moved(drift_runs):
     assert {"meta/lighting", "stats/brightness"} <= set(night["drift"]["drifted_features"])
     error = night["failure"]["error"]
     assert "The data drifted" in error and "meta/lighting: L_inf" in error
-    assert "stats/brightness: JS" in error and "on_drift=warn" in error
+    assert "stats/brightness: JS" in error and "drift.on_drift=warn" in error
 
 
 def test_drift_is_queryable_in_mlmd_and_shown_by_runs_show(drift_runs):

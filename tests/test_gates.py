@@ -31,8 +31,8 @@ def gated_runs(tmp_path_factory) -> dict[str, dict]:
         "first": _run(home, "train.oracle_jitter=0.05"),
         "degraded": _run(home, "train.oracle_jitter=0.6"),
         # The overall gate is opened wide: only the per-slice gate can stop this one.
-        "one_camera": _run(home, "train.oracle_jitter=0.05",
-                           'train.oracle_camera_jitter={"cam-b": 0.8}', "max_map_regression=1"),
+        "one_camera": _run(home, "train.oracle_jitter=0.05", "gates.max_map_regression=1",
+                           'train.oracle_camera_jitter={"cam-b": 0.8}'),
         "good_again": _run(home, "train.oracle_jitter=0.04"),
         "home": home,
     }
@@ -96,8 +96,8 @@ def test_good_model_after_good_is_blessed_and_ships_its_thresholds(gated_runs):
 def test_report_of_a_blocked_run_names_the_gate_and_compares_with_the_baseline(gated_runs):
     from click.testing import CliRunner
 
-    from pipelines import report
     from pipelines.cli import main
+    from pipelines.reports import evaluation as report
 
     degraded = gated_runs["degraded"]
     out = os.path.join(gated_runs["home"], "report")
@@ -143,15 +143,17 @@ def _features(serialized: bytes) -> dict:
 
 def test_evaluator_numbers_equal_pycocotools_on_the_same_detections(gated_runs):
     """The TFX Evaluator's overall numbers for the first model, recomputed by pycocotools."""
+    import numpy as np
     from tfx.utils import path_utils
 
     from components.coco_eval import metric
+    from tests.detection_outputs import outputs_from_rows
     from tests.test_coco_eval import detect, pycocotools_summary
 
     first = gated_runs["first"]
     serialized = _eval_split(first["examples"]["uri"])
-    images = [metric.image_data(_features(s), {"detections": [], "num_detections": [0]})
-              for s in serialized]
+    no_detections = outputs_from_rows(np.zeros((0, 6)), [0])
+    images = [metric.image_data(_features(s), no_detections) for s in serialized]
     images = detect(path_utils.serving_model_path(first["model"]["uri"]), serialized, images)
     images.sort(key=lambda im: (len(im.image_id), im.image_id))  # as the metric orders them
     class_names = json.loads(first["model"]["hparams"]["class_names"])

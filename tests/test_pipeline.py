@@ -8,7 +8,9 @@ import os
 import pytest
 from rich.console import Console
 
-from pipelines import configs, kubeflow_runner, local_runner, report, runs
+from pipelines import configs, kubeflow_runner, local_runner
+from pipelines.reports import evaluation as report
+from pipelines.reports import runs
 from trainer import export
 
 PIPELINE_COMPONENTS = {
@@ -118,7 +120,7 @@ def test_model_artifact_records_the_exported_hparams(tiny_run):
 
 
 def test_schema_anomaly_stops_the_run_before_training(tmp_path):
-    summary, error = _run(str(tmp_path), "synthetic.scenario=unknown_class")
+    summary, error = _run(str(tmp_path), "data.synthetic.scenario=unknown_class")
     assert error is not None
     assert summary["status"] == "failed"
     ran = {c["component"]: c["status"] for c in summary["components"]}

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Where the Trainer runs in a process of its own (Kubeflow, Vertex), this module is the
+# entry: select Keras 2 (tf_keras) before the model code first touches ``tf.keras``, which
+# TensorFlow resolves lazily. ``sightline`` sets it at start-up for local runs.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
 import tempfile
 
 from tfx import v1 as tfx

@@ -97,6 +97,19 @@ class RaiseOnNaN(keras.callbacks.Callback):
             )
 
 
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch with its losses; ``sightline run`` shows it on the console."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self._epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
+                           if k.endswith("loss"))
+        logging.info("Epoch %d/%d: %s", epoch + 1, self._epochs, losses)
+
+
 def make_optimizer(peak_learning_rate: float, weight_decay: float, total_steps: int,
                    warmup_steps: int) -> keras.optimizers.Optimizer:
     """AdamW on a warmup + cosine schedule, clipped, with no decay on BN and biases."""
@@ -129,6 +142,26 @@ def is_chief() -> bool:
     )
 
 
+def plan_steps(config: TrainConfig, num_train: int, train_steps: int | None = None
+               ) -> tuple[int, int]:
+    """(steps per epoch, warmup steps) for ``num_train`` examples, or ``train_steps`` total.
+
+    Raises:
+      ValueError: a batch larger than the training split (no step would run).
+    """
+    if train_steps:
+        steps_per_epoch = math.ceil(train_steps / config.epochs)
+    else:
+        steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} training "
+                         "examples; lower batch_size")
+    total_steps = steps_per_epoch * config.epochs
+    logging.info("Training on %d examples: %d epochs x %d steps of %d", num_train,
+                 config.epochs, steps_per_epoch, config.batch_size)
+    return steps_per_epoch, min(round(config.warmup_epochs * steps_per_epoch), total_steps)
+
+
 def train(config: TrainConfig, train_files: list[str], eval_files: list[str], run_dir: str,
           train_steps: int | None = None, eval_steps: int | None = None) -> TrainResult:
     """Trains a detector for ``config.epochs`` epochs (or ``train_steps`` total if set).
@@ -147,18 +180,8 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
     strategy = make_strategy(config.strategy)
 
     # --- data -----------------------------------------------------------------------
-    num_train = count_examples(train_files)
-    if train_steps:
-        steps_per_epoch = math.ceil(train_steps / config.epochs)
-    else:
-        steps_per_epoch = num_train // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} training "
-                         "examples; lower batch_size")
+    steps_per_epoch, warmup_steps = plan_steps(config, count_examples(train_files), train_steps)
     total_steps = steps_per_epoch * config.epochs
-    warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
-    logging.info("Training on %d examples: %d epochs x %d steps of %d", num_train,
-                 config.epochs, steps_per_epoch, config.batch_size)
 
     # --- model and optimizer, built under the strategy ----------------------------------
     with strategy.scope():
@@ -167,7 +190,7 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
         trainer.compile(optimizer=make_optimizer(
             config.learning_rate, config.weight_decay, total_steps, warmup_steps))
 
-    # --- callbacks: resume, checkpoints, TensorBoard, loud NaN ------------------------
+    # --- callbacks: resume, checkpoints, TensorBoard, loud NaN, progress --------------
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
                                          save_freq=BACKUP_EVERY_STEPS),
@@ -176,6 +199,7 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
         ),
         keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
         RaiseOnNaN(),
+        EpochLog(config.epochs),
     ]
 
     # --- fit; validate <= NUM_VALIDATIONS times, always after the last epoch ----------

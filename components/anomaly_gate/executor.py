@@ -96,7 +96,7 @@ def describe_drift(drift: types.Artifact) -> str:
     return (
         f"The data drifted from the previous run's (span {span}, split {report['split']}):\n"
         + "\n".join(lines) + "\n"
-        "If the change is real and intended, rerun with --set on_drift=warn to train on it; "
+        "If the change is real and intended, rerun with --set drift.on_drift=warn to train on it; "
         "thresholds live in the schema's drift_comparator fields and the run config.\n"
     )
 

@@ -30,13 +30,14 @@ import numpy as np
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.coco_example_gen import executor as coco_executor
+from components import release
 from components.drift_check import annotations
 from components.drift_check import executor as drift_executor
 from components.drift_check.component import DataDrift
 from data import feature_spec as fs
-from pipelines import html_report, runs
-from pipelines.html_report import STYLE, cell, png, table
+from pipelines.reports import html as html_report
+from pipelines.reports import runs
+from pipelines.reports.html import STYLE, cell, png, table
 
 NUM_SAMPLES = 6
 HISTOGRAM_BINS = 20
@@ -88,14 +89,9 @@ def _key(event: metadata_store_pb2.Event) -> str:
     return event.path.steps[0].key if event.path.steps else ""
 
 
-def find_drift_check(
-    store: metadata_store.MetadataStore, span: int | str = "latest", run_id: str | None = None
-) -> DriftCheckInputs:
-    """The newest finished DriftCheck execution that read ``span`` (optionally in one run).
-
-    ``"latest"`` is the highest span DriftCheck has seen (the newest execution among its
-    checks), as ExampleGen's ``{SPAN}`` picks the highest span.
-    """
+def _finished_drift_checks(store: metadata_store.MetadataStore, run_id: str | None
+                           ) -> tuple[list[metadata_store_pb2.Execution], str]:
+    """Every finished DriftCheck execution (of one run if given), and where they were sought."""
     drifts = store.get_artifacts_by_type(DataDrift.TYPE_NAME)
     producers = {
         e.execution_id for e in store.get_events_by_artifact_ids([a.id for a in drifts])
@@ -112,6 +108,18 @@ def find_drift_check(
         raise NoDriftCheckError(
             f"no finished DriftCheck execution {where}: run `sightline run` first (a run "
             "that failed before DriftCheck has nothing to report)")
+    return executions, where
+
+
+def find_drift_check(
+    store: metadata_store.MetadataStore, span: int | str = "latest", run_id: str | None = None
+) -> DriftCheckInputs:
+    """The newest finished DriftCheck execution that read ``span`` (optionally in one run).
+
+    ``"latest"`` is the highest span DriftCheck has seen (the newest execution among its
+    checks), as ExampleGen's ``{SPAN}`` picks the highest span.
+    """
+    executions, where = _finished_drift_checks(store, run_id)
     linked: dict[int, dict[str, int]] = {e.id: {} for e in executions}
     for event in store.get_events_by_execution_ids(list(linked)):
         if event.type in runs.INPUT_EVENTS or event.type in runs.OUTPUT_EVENTS:
@@ -176,11 +184,6 @@ def _class_names(schema: metadata_store_pb2.Artifact | None) -> list[str]:
     return class_names_of(io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schema.uri)))
 
 
-def _num_examples(artifact: metadata_store_pb2.Artifact, split: str) -> int | None:
-    key = coco_executor.NUM_EXAMPLES_PROPERTY.format(split=split)
-    return runs.custom_properties(artifact).get(key)
-
-
 # --- the report's content ----------------------------------------------------------------
 
 
@@ -211,7 +214,8 @@ def build(
         baseline = {**drift["baseline"], "examples_uri": None, "num_examples": None}
         if found.baseline_examples is not None:
             baseline["examples_uri"] = found.baseline_examples.uri
-            baseline["num_examples"] = _num_examples(found.baseline_examples, split)
+            baseline["num_examples"] = release.dataset_record(
+                found.baseline_examples).get(split, {}).get("num_examples")
     return {
         "span": found.span,
         "run_id": found.run_id,
@@ -362,7 +366,7 @@ def _samples(images: Sequence[annotations.ImageBoxes], drift: dict[str, Any],
             "source_id": source_id, "reasons": why, "width": image.width,
             "height": image.height,
             **{key: image.values.get(key) for key in annotations.CATEGORY_FEATURES},
-            "boxes": image.boxes.round(4).tolist(),  # normalized xmin, ymin, xmax, ymax
+            "boxes": image.boxes.round(4).tolist(),  # data.boxes.XYXY
             "classes": [names[i - 1] if 1 <= i <= len(names) else str(i)
                         for i in image.labels.tolist()],
         })
@@ -556,11 +560,8 @@ figure{margin:0}figcaption{font-size:.85em;color:#444}pre{white-space:pre-wrap;b
 padding:.5em}iframe.facets{width:100%;height:800px;border:1px solid #ccc}"""
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The report as one HTML page (plots as PNG, samples as JPEG, Facets in an iframe)."""
-    images = plots(report)
-    samples = draw_samples(report)
-    facets = facets_html(report)
+def _verdict_html(report: dict[str, Any]) -> tuple[str, str, str]:
+    """The baseline line, the verdict and what the gate did, as HTML fragments."""
     e = html.escape
     baseline = report["baseline"]
     if baseline:
@@ -571,7 +572,8 @@ def render_html(report: dict[str, Any]) -> str:
     else:
         base_text = "no baseline: first span (nothing was compared)"
     verdict = report["verdict"]
-    verdict_class = "bad" if verdict["drift_detected"] else "good"
+    verdict_html = (f"<span class={'bad' if verdict['drift_detected'] else 'good'}>"
+                    f"{e(verdict['text'])}</span>")
     failure = report["failure"]
     if report["stopped_at_anomaly_gate"]:
         gate = f"<p class=bad>The run stopped at {GATE}:</p><pre>{e(failure['error'])}</pre>"
@@ -580,6 +582,16 @@ def render_html(report: dict[str, Any]) -> str:
                 f"</p><pre>{e(failure['error'])}</pre>")
     else:
         gate = f"<p>The run did not stop at {GATE} (status {e(report['run_status'])}).</p>"
+    return base_text, verdict_html, gate
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one HTML page (plots as PNG, samples as JPEG, Facets in an iframe)."""
+    images = plots(report)
+    samples = draw_samples(report)
+    facets = facets_html(report)
+    e = html.escape
+    base_text, verdict_html, gate = _verdict_html(report)
     thresholds = report["thresholds"]
 
     def img(key: str, title: str) -> str:
@@ -603,7 +615,7 @@ def render_html(report: dict[str, Any]) -> str:
 <p>run {e(report['run_id'])} · {e(report['pipeline'])} · split {e(report['split'])} ·
 {report['num_examples']} examples · DriftCheck execution {report['drift_check_execution_id']}</p>
 <p>Baseline: {base_text}</p>
-<p>Verdict: <span class={verdict_class}>{e(verdict['text'])}</span></p>{gate}
+<p>Verdict: {verdict_html}</p>{gate}
 <h2>Drift per feature</h2>
 <p>L∞ (categorical) and Jensen–Shannon (numeric) from TFDV with the schema's thresholds; PSI
 on the baseline's deciles (values for categorical features), threshold

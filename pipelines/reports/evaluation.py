@@ -14,8 +14,8 @@ import numpy as np
 
 from components.coco_eval import metric as coco_metric
 from components.coco_eval import results as eval_results
-from pipelines import html_report
-from pipelines.html_report import STYLE, cell, png, table
+from pipelines.reports import html as html_report
+from pipelines.reports.html import STYLE, cell, png, table
 
 MIN_CLASS_OBJECTS = 10  # fewer eval objects of a class: its AP is shown as "too few"
 _OVERALL_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",

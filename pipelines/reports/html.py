@@ -1,6 +1,6 @@
 """Shared pieces of Sightline's HTML reports: embedded PNG plots, tables, cells, the style.
 
-Used by ``pipelines/report.py`` (evaluation) and ``pipelines/data_report.py`` (data drift):
+Used by ``evaluation.py`` (the evaluation report) and ``data.py`` (data and drift):
 one self-contained page each, plots embedded as base64 PNG.
 """
 

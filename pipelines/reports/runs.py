@@ -14,6 +14,7 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components import release
 from components.coco_eval import metric as coco_metric
 from components.coco_eval import results as eval_results
 from components.coco_example_gen import executor as coco_executor
@@ -204,22 +205,11 @@ def span_of(artifact: metadata_store_pb2.Artifact) -> int | None:
 def examples_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
     """Per-split counts and content hashes, and the quarantine, of an Examples artifact."""
     props = custom_properties(artifact)
-    splits = json.loads(artifact.properties["split_names"].string_value or "[]")
     return {
         "artifact_id": artifact.id,
         "uri": artifact.uri,
         "span": span_of(artifact),
-        "splits": {
-            split: {
-                "num_examples": props.get(
-                    coco_executor.NUM_EXAMPLES_PROPERTY.format(split=split)
-                ),
-                "content_hash": props.get(
-                    coco_executor.CONTENT_HASH_PROPERTY.format(split=split)
-                ),
-            }
-            for split in splits
-        },
+        "splits": release.dataset_record(artifact),
         "quarantined": props.get(coco_executor.QUARANTINED_PROPERTY, 0),
         "quarantine_reasons": json.loads(
             props.get(coco_executor.QUARANTINE_REASONS_PROPERTY, "{}")

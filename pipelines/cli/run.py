@@ -1,0 +1,106 @@
+"""``sightline run``, ``sightline compile`` and ``sightline config``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from pipelines import configs
+from pipelines.cli.common import (
+    config_option,
+    console,
+    emit,
+    home_option,
+    json_option,
+    load_config,
+    overrides_option,
+)
+from pipelines.console import library_output_to
+
+
+@click.command()
+@config_option
+@overrides_option
+@click.option("--data", "data_root", default=None,
+              help="A COCO dataset folder instead of the synthetic default (data.root).")
+@click.option("--pattern", default=None, help="Annotations file within --data, e.g. "
+              "'span-{SPAN}/annotations.json' (data.annotations_pattern).")
+@click.option("--beam-mode", type=click.Choice(["in_memory", "multi_processing"]), default=None,
+              help="Beam DirectRunner mode (beam.direct_running_mode).")
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow, TFX and Beam output here instead of in the run's log file.")
+@home_option
+@json_option
+def run(config_name, overrides, data_root, pattern, beam_mode, verbose, home, as_json) -> None:
+    """Run the whole DAG locally and print the run summary."""
+    flags = {"data.root": data_root, "data.annotations_pattern": pattern,
+             "beam.direct_running_mode": beam_mode}
+    config = load_config(config_name, [*overrides, *(f"{k}={v}" for k, v in flags.items() if v)])
+    home = configs.home_dir(home)
+    paths = configs.Paths(home, config.pipeline_name)
+    log_path = None if verbose else os.path.join(
+        paths.logs, f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    # With --json stdout carries the summary alone; Keras and Beam print progress there.
+    keep_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    failed = None
+    with keep_stdout, library_output_to(log_path) as terminal:
+        out = Console(file=terminal, soft_wrap=True)
+        if log_path:
+            out.print(f"Library output goes to {log_path} (--verbose shows it here)")
+        from pipelines import local_runner  # imports TensorFlow: after the redirect
+        from pipelines.reports import runs
+
+        try:
+            local_runner.run(config, home, out)
+        except Exception as e:  # the summary below names the component and the reason
+            failed = e
+        summary = runs.summarize(runs.connect(paths.metadata))
+    if failed is not None and not summary.get("failure", {}).get("error", True):
+        # TFX records no message for some failures (e.g. an unimportable run_fn).
+        summary["failure"]["error"] = f"{type(failed).__name__}: {failed}"
+    from pipelines.reports.terminal import print_summary
+
+    emit(summary, as_json, print_summary)
+    if failed is not None:
+        if "failure" not in summary:
+            console.print(f"[red]Run failed:[/] {escape(str(failed))}")
+        sys.exit(1)
+
+
+@click.command("compile")
+@click.option("--kubeflow", "output", required=True, metavar="OUT.json",
+              help="Write the KFP v2 pipeline spec here.")
+@config_option
+@overrides_option
+@click.option("--pipeline-root", default="gs://YOUR_BUCKET/sightline/root", show_default=True)
+@click.option("--data-root", default="gs://YOUR_BUCKET/sightline/data", show_default=True)
+@click.option("--serving-dir", default="gs://YOUR_BUCKET/sightline/serving", show_default=True)
+@click.option("--image", default=None, help="Container image with Sightline installed.")
+def compile_cmd(
+    output, config_name, overrides, pipeline_root, data_root, serving_dir, image
+) -> None:
+    """Compile the same DAG for Kubeflow Pipelines (offline; nothing is uploaded)."""
+    config = load_config(config_name, overrides)
+    from pipelines import kubeflow_runner
+
+    kubeflow_runner.compile_pipeline(
+        config, output, pipeline_root, data_root, os.path.join(serving_dir, config.pipeline_name),
+        image=image or kubeflow_runner.DEFAULT_IMAGE,
+    )
+    console.print(f"wrote {output}")
+
+
+@click.command("config")
+@config_option
+@overrides_option
+def config_cmd(config_name, overrides) -> None:
+    """Print every key --set accepts with its value (a preset, overrides applied)."""
+    config = load_config(config_name, overrides)
+    click.echo(json.dumps(configs.flat_settings(config), indent=2, default=list))

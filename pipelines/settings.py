@@ -1,0 +1,185 @@
+"""Typed pipeline settings: one frozen dataclass per concern, defaults in one place.
+
+Each section validates itself when it is built, so a bad value fails when the config is
+loaded (``pipelines.configs.load``), before any component runs. ``create_pipeline`` takes
+the sections as they are; the runners only add paths and infrastructure.
+
+Nothing here imports TensorFlow or TFX: parsing a config must stay cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from schemas import DEFAULT_SCHEMA_PATH
+
+ON_DRIFT_CHOICES = ("fail", "warn")
+BEAM_MODES = ("in_memory", "multi_processing")
+DEFAULT_RUN_FN = "trainer.task.run_fn"
+
+
+def _require(problems: list[str], section: str) -> None:
+    if problems:
+        raise ValueError(f"invalid {section} settings: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticData:
+    """The generated dataset used when no data root is given."""
+
+    num_images: int = 3000
+    seed: int = 0
+    scenario: str = "default"
+
+    def __post_init__(self) -> None:
+        _require([] if self.num_images >= 1 else [f"num_images={self.num_images}; must be >= 1"],
+                 "data.synthetic")
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}-{self.num_images}-seed{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where the COCO data comes from and how it is split."""
+
+    root: str | None = None  # a COCO dataset folder; None: the synthetic dataset
+    annotations_pattern: str = "annotations.json"  # or e.g. 'span-{SPAN}/annotations.json'
+    synthetic: SyntheticData = SyntheticData()
+    schema_path: str = DEFAULT_SCHEMA_PATH  # the curated schema; also the label space
+    # Hash buckets per split: an image never changes split as the dataset grows.
+    split_buckets: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"train": 4, "eval": 1})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if set(self.split_buckets) != {"train", "eval"}:
+            problems.append(f"split_buckets={dict(self.split_buckets)}; the Trainer and "
+                            "Evaluator need exactly the splits 'train' and 'eval'")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1
+               for n in self.split_buckets.values()):
+            problems.append(f"split_buckets={dict(self.split_buckets)}; buckets must be ints >= 1")
+        _require(problems, "data")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateSettings:
+    """When the Evaluator blesses a model (see ``pipelines.pipeline.eval_config``)."""
+
+    # A floor that catches a broken model, not a quality bar (docs/evaluation.md).
+    map_floor: float = 0.1
+    max_map_regression: float = 0.01  # versus the latest blessed model
+    # No slice of these features may lose more mAP than this versus the blessed model;
+    # slices with fewer than min_slice_images eval images are "too few examples" instead.
+    gated_slices: tuple[str, ...] = ("meta/camera", "meta/lighting")
+    max_slice_map_regression: float = 0.05
+    min_slice_images: int = 20
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.map_floor <= 1:
+            problems.append(f"map_floor={self.map_floor}; mAP lies in [0, 1]")
+        for name in ("max_map_regression", "max_slice_map_regression"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name}={getattr(self, name)}; use a drop in [0, 1]")
+        if self.min_slice_images < 1:
+            problems.append(f"min_slice_images={self.min_slice_images}; must be >= 1")
+        bad_slices = [s for s in self.gated_slices if not s.startswith("meta/")]
+        if bad_slices:
+            problems.append(f"gated_slices {bad_slices}: slices are metadata features "
+                            "('meta/<field>')")
+        _require(problems, "gates")
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftSettings:
+    """Drift versus the previous span; L∞ / JS thresholds are the schema's comparators."""
+
+    on_drift: str = "fail"  # "fail" stops the run before training, "warn" records and trains
+    psi_threshold: float = 0.25
+    box_fit_tolerance: float = 0.3  # per-class median object/box area may move ±30 %
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.on_drift not in ON_DRIFT_CHOICES:
+            problems.append(f"on_drift={self.on_drift!r}; use one of {ON_DRIFT_CHOICES}")
+        if self.psi_threshold <= 0 or self.box_fit_tolerance <= 0:
+            problems.append("psi_threshold and box_fit_tolerance must be > 0")
+        _require(problems, "drift")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """The Trainer: its ``run_fn`` and that run_fn's hyperparameters (``custom_config``).
+
+    With the default run_fn every hparam is a ``trainer.config.TrainConfig`` field and is
+    checked against it at load time; a custom run_fn gets its hparams unchecked.
+    """
+
+    run_fn: str = DEFAULT_RUN_FN  # swap in your own model code without touching the DAG
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.run_fn == DEFAULT_RUN_FN:
+            from trainer.config import TrainConfig  # dataclasses only: no TensorFlow
+
+            # class_names come from the schema at pipeline build time; a placeholder here.
+            TrainConfig.from_dict({"class_names": ["placeholder"], **self.hparams})
+
+    @staticmethod
+    def known_hparams() -> tuple[str, ...]:
+        """The hparam names the default run_fn accepts (for "did you mean")."""
+        from trainer.config import TrainConfig
+
+        return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "class_names")
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeSettings:
+    """The edge branch: QAT fine-tune, TFLite variants, which one ships."""
+
+    enabled: bool = True  # False leaves the branch out (e.g. a run_fn that is not trainer/'s)
+    qat_epochs: int = 1  # measured: one epoch at 1e-4 recovers most of PTQ's loss
+    qat_learning_rate: float = 1e-4
+    map_tolerance: float = 0.01  # mAP a shipped variant may lose versus float (0.01 = 1 point)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.qat_epochs < 1 or self.qat_learning_rate <= 0:
+            problems.append("qat_epochs must be >= 1 and qat_learning_rate > 0")
+        if not 0 <= self.map_tolerance <= 1:
+            problems.append(f"map_tolerance={self.map_tolerance}; use a drop in [0, 1]")
+        _require(problems, "edge")
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSettings:
+    """Beam for the data and evaluation stages: local DirectRunner, or any runner's args."""
+
+    # "in_memory" is fastest at the default size (worker start-up dominates).
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: int = 2
+    # Reach any runner, e.g. ["--runner=DataflowRunner", "--project=..."].
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.direct_running_mode not in BEAM_MODES:
+            problems.append(f"direct_running_mode={self.direct_running_mode!r}; "
+                            f"use one of {BEAM_MODES}")
+        if self.direct_num_workers < 1:
+            problems.append(f"direct_num_workers={self.direct_num_workers}; must be >= 1")
+        _require(problems, "beam")
+
+    def pipeline_args(self) -> list[str]:
+        """The DirectRunner's flags, unless ``extra_args`` picks another ``--runner``."""
+        if any(arg.startswith("--runner") for arg in self.extra_args):
+            return list(self.extra_args)
+        return [
+            f"--direct_running_mode={self.direct_running_mode}",
+            f"--direct_num_workers={self.direct_num_workers}",
+            *self.extra_args,
+        ]
