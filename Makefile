@@ -32,7 +32,7 @@ test-all: lint
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/pipeline_bench.py
+	$(BIN)/python -m benchmarks.pipeline_bench
 
 clean:
 	rm -rf $(HOME_DIR) build *.egg-info

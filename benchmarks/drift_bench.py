@@ -1,7 +1,7 @@
 """DriftCheck's measures on the generator's scenarios: does it fire where it should, only there?
 
-    .venv/bin/python benchmarks/drift_bench.py                 # 400-image spans (tests' size)
-    .venv/bin/python benchmarks/drift_bench.py --images 2400   # a default train split's size
+    .venv/bin/python -m benchmarks.drift_bench                 # 400-image spans (tests' size)
+    .venv/bin/python -m benchmarks.drift_bench --images 2400   # a default train split's size
 
 A baseline span of the default world (seed 0) is compared, exactly as the pipeline's
 DriftCheck does (the curated schema's L∞ / JS comparators through TFDV, PSI on the
@@ -18,7 +18,6 @@ import os
 import pathlib
 import tempfile
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow_data_validation as tfdv

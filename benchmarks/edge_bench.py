@@ -1,7 +1,7 @@
 """The edge trade-off table: size, latency, accuracy and calibration per model variant.
 
-    .venv/bin/python benchmarks/edge_bench.py                  # trains the default model first
-    .venv/bin/python benchmarks/edge_bench.py --model DIR      # an exported SavedModel
+    .venv/bin/python -m benchmarks.edge_bench                  # trains the default model first
+    .venv/bin/python -m benchmarks.edge_bench --model DIR      # an exported SavedModel
 
 Without ``--model`` the default ``small`` detector is trained on the default dataset with
 the default budget (``train_bench``'s data and ``train()``, ~7 min). The variants are
@@ -25,11 +25,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/edge_bench.py` from anywhere
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import tensorflow as tf
@@ -53,6 +49,7 @@ from serving.tflite_runner import TFLiteDetector
 from trainer.config import TrainConfig
 from trainer.export import load_detector
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 WARMUP, RUNS = 20, 300
 THREADS = (1, 2)
@@ -88,8 +85,8 @@ def saved_model_latency(serving_dir: str, threads: int) -> dict[str, float]:
     TensorFlow fixes its thread pools at start-up, so each thread count is its own process.
     """
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[3]); import tensorflow as tf;"
-        "from benchmarks.edge_bench import _time; from trainer.export import load_detector;"
+        "import json, sys; from benchmarks.edge_bench import _time; import tensorflow as tf;"
+        "from trainer.export import load_detector;"
         "from trainer.decode import decode_detections;"
         "det, cfg = load_detector(sys.argv[1]); s = cfg.input_size;"
         "f = tf.function(lambda x: decode_detections(det(x, training=False), "
@@ -98,7 +95,8 @@ def saved_model_latency(serving_dir: str, threads: int) -> dict[str, float]:
         "print(json.dumps(_time(lambda: [v.numpy() for v in f(x).values()])))"
     )
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code, serving_dir, str(threads), str(ROOT)],
+    # `python -c` imports from its working directory, so it runs in the repository.
+    out = subprocess.run([sys.executable, "-c", code, serving_dir, str(threads)], cwd=str(ROOT),
                          env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 

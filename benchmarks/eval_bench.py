@@ -1,8 +1,8 @@
 """Times the TFX Evaluator: the exact COCO metric versus TFMA 0.47's built-in COCO metrics.
 
-    .venv/bin/python benchmarks/eval_bench.py                    # the default config
-    .venv/bin/python benchmarks/eval_bench.py --config tiny      # a quick check
-    .venv/bin/python benchmarks/eval_bench.py --num-thresholds 1000 --builtin-default-images 0
+    .venv/bin/python -m benchmarks.eval_bench                    # the default config
+    .venv/bin/python -m benchmarks.eval_bench --config tiny      # a quick check
+    .venv/bin/python -m benchmarks.eval_bench --num-thresholds 1000 --builtin-default-images 0
 
 Both variants evaluate the same Model on the same Examples (the eval split) through the
 real Evaluator executor (``tfx.components.evaluator.executor.Executor().Do``), with the
@@ -43,12 +43,7 @@ import tempfile
 import time
 from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/eval_bench.py` from anywhere
-    sys.path.insert(0, str(ROOT))
 
 from rich.console import Console
 from rich.table import Table
@@ -56,6 +51,7 @@ from rich.table import Table
 from benchmarks import machine
 from pipelines import configs
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 EVAL_SPLIT = "eval"
 IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]  # COCO's .5:.05:.95
@@ -261,7 +257,8 @@ def measure(name: str, eval_config: Any, inputs: dict[str, Any], examples_uri: s
     console.print(f"  {name} ...", end="")
     started = time.monotonic()
     with open(log_file, "w") as log:
-        done = subprocess.run([sys.executable, __file__, "--worker", job_file],
+        done = subprocess.run([sys.executable, "-m", "benchmarks.eval_bench", "--worker",
+                               job_file],
                               stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
     if done.returncode != 0:
         sys.exit(f"\n{name} failed:\n{pathlib.Path(log_file).read_text()[-5000:]}")

@@ -2,7 +2,7 @@
 
 Speed figures depend on the CPU's vector extensions, not just its core count: int8
 XNNPACK kernels are ~4x float32 with AVX-512 VNNI and ~1x with AVX2 alone (measured by
-``edge_bench.py``'s conv probe on two such machines), so every result names them.
+``benchmarks.edge_bench``'s conv probe on two such machines), so every result names them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Times `make run`: dataset generation, then the whole DAG, per component, with peak memory.
 
-    .venv/bin/python benchmarks/pipeline_bench.py                 # the default config
-    .venv/bin/python benchmarks/pipeline_bench.py --config tiny   # a quick check
+    .venv/bin/python -m benchmarks.pipeline_bench                 # the default config
+    .venv/bin/python -m benchmarks.pipeline_bench --config tiny   # a quick check
 
 Runs `sightline run --json` in a child process on a fresh Sightline home (so nothing
 is cached), prints a table and writes benchmarks/results/pipeline_bench-<config>.json.
@@ -19,10 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python benchmarks/pipeline_bench.py` from anywhere
-    sys.path.insert(0, ROOT)
 
 from benchmarks import machine
 from pipelines import configs

@@ -1,7 +1,7 @@
 """Trains each detector size on the default dataset with the default budget and scores it.
 
-    .venv/bin/python benchmarks/train_bench.py                          # small and medium
-    .venv/bin/python benchmarks/train_bench.py --sizes small --set epochs=4
+    .venv/bin/python -m benchmarks.train_bench                          # small and medium
+    .venv/bin/python -m benchmarks.train_bench --sizes small --set epochs=4
 
 The dataset is the pipeline's default (``pipelines/configs.py``), generated once into
 ``.sightline/bench-data`` and split exactly as CocoExampleGen splits it (TFX's hash
@@ -31,11 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/train_bench.py` from anywhere
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import tensorflow as tf
@@ -54,6 +50,7 @@ from trainer.input import count_examples
 from trainer.model import build_model
 from trainer.train import TrainResult, train
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DATA_CACHE = ROOT / ".sightline" / "bench-data"
 SPLITS = (("train", 4), ("eval", 1))  # CocoExampleGen's default hash buckets

@@ -1,4 +1,4 @@
-"""benchmarks/eval_bench.py: the built-in COCO EvalConfig is the pipeline's with other metrics."""
+"""benchmarks.eval_bench: the built-in COCO EvalConfig is the pipeline's with other metrics."""
 
 import json
 
