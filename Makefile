@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --ignore-requires-python -c constraints.txt
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -25,11 +25,13 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 
+# Everything, as CI runs it (real DAG runs, multi-process training, the served model).
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-all: lint
-	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+# The inner loop: ruff and the tests not marked slow (under ~2 minutes).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.pipeline_bench

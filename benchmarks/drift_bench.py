@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400, help="images per span")
     args = parser.parse_args()
-    defaults = configs.RunConfig()
+    defaults = configs.RunConfig().drift
     schema = tfdv.load_schema_text(DEFAULT_SCHEMA_PATH)
     names = curate.class_names()
     console = Console()

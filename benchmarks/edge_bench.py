@@ -135,9 +135,9 @@ def _dir_bytes(path: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported SavedModel dir (default: train one)")
-    parser.add_argument("--qat-epochs", type=int, default=configs.RunConfig.qat_epochs)
+    parser.add_argument("--qat-epochs", type=int, default=configs.RunConfig().edge.qat_epochs)
     parser.add_argument("--qat-learning-rate", type=float,
-                        default=configs.RunConfig.qat_learning_rate)
+                        default=configs.RunConfig().edge.qat_learning_rate)
     parser.add_argument("--representative-examples", type=int, default=200)
     parser.add_argument("--config", default="default", help="pipeline config for the data")
     parser.add_argument("--out", default=str(RESULTS_DIR / "edge_bench.json"))
@@ -148,7 +148,7 @@ def main() -> None:
         serving_dir = args.model
         if not serving_dir:
             config = TrainConfig.from_dict(
-                {**run_config.train, "class_names": list(synth.CLASS_NAMES)})
+                {**run_config.train.hparams, "class_names": list(synth.CLASS_NAMES)})
             serving_dir = train_and_export(config, splits, work)[1]
         detector, config = load_detector(serving_dir)
         started = time.perf_counter()
@@ -201,7 +201,8 @@ def main() -> None:
           f"int8 {probe['int8_ms']} ms -> int8 x{probe['int8_speedup']}")
     print(json.dumps(summary))
     report = {"machine": host,
-              "dataset": run_config.synthetic.key, "model": args.model or "trained: default small",
+              "dataset": run_config.data.synthetic.key,
+              "model": args.model or "trained: default small",
               "qat_epochs": args.qat_epochs, "qat_learning_rate": args.qat_learning_rate,
               "build_seconds": round(build_seconds, 1), "rows": rows, "conv_probe": probe,
               "summary": summary, "slices": {n: {s: {k: m[k] for k in ("mAP", "num_images")}

@@ -73,10 +73,10 @@ console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
 def find_inputs(home: str, config: configs.RunConfig) -> dict[str, Any] | None:
     """The Examples/Model/Schema artifacts of the latest run of the config's pipeline.
 
-    Reads MLMD as ``pipelines/runs.py`` does (run contexts newest first, artifacts from the
+    Reads MLMD as ``pipelines/reports/runs.py`` does (run contexts newest first, artifacts from the
     executions' output events). None if no run of this pipeline produced a Model.
     """
-    from pipelines import runs
+    from pipelines.reports import runs
 
     paths = configs.Paths(home, config.pipeline_name)
     if not os.path.exists(paths.metadata):
@@ -110,7 +110,7 @@ def _run_outputs(store: Any, run_id: str) -> dict[str, Any]:
     """{artifact type name: artifact} of what a run's executions output (newest wins)."""
     from ml_metadata.proto import metadata_store_pb2
 
-    from pipelines import runs
+    from pipelines.reports import runs
 
     outputs = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
     run = runs.find_run(store, run_id)
@@ -157,39 +157,36 @@ def subset_examples(examples_uri: str, num_images: int, out_dir: str) -> str:
 
 def exact_eval_config(config: configs.RunConfig) -> Any:
     """The pipeline's own Evaluator config, from ``pipelines.pipeline.eval_config``."""
-    import inspect
-
     from pipelines import pipeline
+    from schemas.curate import class_names
 
-    arguments = configs.pipeline_arguments(config)
-    accepted = inspect.signature(pipeline.eval_config).parameters
-    return pipeline.eval_config(**{k: v for k, v in arguments.items() if k in accepted})
+    return pipeline.eval_config(class_names(config.data.schema_path), config.gates)
 
 
 def builtin_metrics_spec(class_names: list[str], num_thresholds: int | None,
                          map_thresholds: list[Any]) -> Any:
     """TFMA's COCO mAP and mAP50, fed like the exact metric.
 
-    * labels: the example's features stacked per object as [xmin, ymin, xmax, ymax, class]
-      (normalized box corners in TFMA's left, top, right, bottom order; 1-based class);
-    * predictions: the model's ``detections`` output, already [K, 6] = xmin, ymin, xmax,
-      ymax, class, score, cut to the integer ``num_detections`` real rows;
+    * labels: the example's features stacked per object as the box in ``data.boxes.YXYX``
+      order and the 1-based class; predictions: the model's ``detection_boxes`` (YXYX),
+      ``detection_classes`` and ``detection_scores``, cut to the integer ``num_detections``
+      real rows. TFMA names the columns left, top, right, bottom, but IoU and area do not
+      change when x and y swap, so feeding both sides in YXYX order is exact;
     * class_ids 1..C (the label space), COCO's 10 IoU thresholds (mAP) or IoU .5 (mAP50),
       the default 101 recall points, ``max_num_detections`` 100 (COCOeval's maxDets, per
       image and class in both), all areas. ``num_thresholds`` None is TFMA's default.
     """
     import tensorflow_model_analysis as tfma
 
-    from components.coco_eval import metric as coco_metric
     from data import feature_spec as fs
 
     common: dict[str, Any] = {
         "class_ids": list(range(1, len(class_names) + 1)),
         "max_num_detections": MAX_DETECTIONS,
-        "labels_to_stack": [fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX,
-                            fs.CLASS_LABEL],
-        "predictions_to_stack": [coco_metric.DETECTIONS_KEY],
-        "num_detections_key": coco_metric.NUM_DETECTIONS_KEY,
+        "labels_to_stack": [*fs.BOX_KEYS, fs.CLASS_LABEL],
+        "predictions_to_stack": [fs.DETECTION_BOXES, fs.DETECTION_CLASSES,
+                                 fs.DETECTION_SCORES],
+        "num_detections_key": fs.NUM_DETECTIONS,
     }
     if num_thresholds is not None:
         common["num_thresholds"] = num_thresholds
@@ -349,9 +346,11 @@ def main() -> None:
                             or str(ROOT / configs.DEFAULT_HOME))
     config = configs.load(args.config, args.overrides)
     inputs = ensure_inputs(home, config, args.config)
-    class_names = configs.pipeline_arguments(config)["class_names"]
+    from schemas.curate import class_names as schema_class_names
+
+    class_names = schema_class_names(config.data.schema_path)
     exact = exact_eval_config(config)
-    beam_args = config.beam_pipeline_args()
+    beam_args = config.beam.pipeline_args()
     console.print(f"Evaluator benchmark: {config.pipeline_name} run {inputs['run_id']} "
                   f"({inputs['run_status']}) in {home}; model {inputs['model_uri']}; "
                   f"{inputs['eval_images']} eval images; Beam {' '.join(beam_args)}")

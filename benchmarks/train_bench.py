@@ -40,7 +40,6 @@ from tfx.proto import example_gen_pb2
 
 from benchmarks import machine
 from components.coco_eval import offline, results
-from components.coco_eval.metric import DETECTIONS_KEY
 from data import coco, synth
 from data import feature_spec as fs
 from pipelines import configs
@@ -66,7 +65,7 @@ def _write_splits(synthetic: configs.SyntheticData, out: pathlib.Path) -> dict[s
     if (out / "done").exists():
         return patterns
     annotations = synth.generate(out / "coco", synthetic.num_images, synthetic.seed,
-                                 synthetic.scenario, show_progress=True)
+                                 synthetic.scenario, progress=sys.stderr)
     dataset = coco.load_annotations(str(annotations))
     label_map = coco.label_map_of(dataset)
     records, quarantined = coco.plan_records(dataset, label_map)
@@ -126,9 +125,8 @@ def _one_class(example: bytes) -> bytes:
 def _one_class_detector(detect: offline.DetectFn) -> offline.DetectFn:
     def run(encoded):
         outputs = dict(detect(encoded))
-        detections = outputs[DETECTIONS_KEY].copy()
-        detections[..., 4] = 1.0  # the class column of (xmin, ymin, xmax, ymax, class, score)
-        return {**outputs, DETECTIONS_KEY: detections}
+        classes = np.asarray(outputs[fs.DETECTION_CLASSES])
+        return {**outputs, fs.DETECTION_CLASSES: np.where(classes > 0, 1.0, 0.0)}
     return run
 
 
@@ -168,7 +166,7 @@ def bench_data(config_name: str, overrides: list[str] = ()
     """The pipeline config (``--set`` overrides applied to ``train``) and its split files."""
     # The pipeline's own config and override parser: --set epochs=4 is train.epochs=4.
     run_config = configs.load(config_name, [f"train.{item}" for item in overrides])
-    synthetic = run_config.synthetic
+    synthetic = run_config.data.synthetic
     # The generator's source is part of the key: a changed generator makes new data.
     version = hashlib.sha256(pathlib.Path(synth.__file__).read_bytes()).hexdigest()[:8]
     return run_config, _write_splits(synthetic, DATA_CACHE / f"{synthetic.key}-{version}")
@@ -210,9 +208,9 @@ def main() -> None:
     args = parser.parse_args()
 
     run_config, splits = bench_data(args.config, args.overrides)
-    synthetic = run_config.synthetic
+    synthetic = run_config.data.synthetic
     peak = matmul_gflops()
-    rows = [bench_size(size, run_config.train, splits, peak) for size in args.sizes]
+    rows = [bench_size(size, run_config.train.hparams, splits, peak) for size in args.sizes]
 
     agnostic = [f"{m}_agnostic" for m in AGNOSTIC_METRICS]
     header = ("size", "params", "px", "img/s", "GFLOPs", "of matmul", "train s", *METRICS,
@@ -227,7 +225,8 @@ def main() -> None:
             r["gflops_per_image"], f"{100 * r['matmul_fraction']:.0f}%", r["train_seconds"],
             *(f"{r[m]:.3f}" for m in (*METRICS, *agnostic)))))
     report = {"machine": host,
-              "dataset": synthetic.key, "train_config": run_config.train, "results": rows}
+              "dataset": synthetic.key, "train_config": dict(run_config.train.hparams),
+              "results": rows}
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -5,14 +5,14 @@ import json
 from tensorflow_model_analysis.metrics import metric_specs, metric_types
 
 from benchmarks import eval_bench
-from components.coco_eval import metric as coco_metric
 from data import feature_spec as fs
 from pipelines import configs
+from schemas.curate import class_names as schema_class_names
 
 
 def _configs(num_thresholds):
     config = configs.load("tiny")
-    class_names = configs.pipeline_arguments(config)["class_names"]
+    class_names = schema_class_names(config.data.schema_path)
     exact = eval_bench.exact_eval_config(config)
     return config, class_names, exact, eval_bench.builtin_eval_config(
         exact, class_names, num_thresholds)
@@ -31,14 +31,16 @@ def test_builtin_config_keeps_model_and_slices_and_swaps_the_metrics():
                                             0.95]
     assert map50_config["iou_thresholds"] == [0.5]
     assert map_config["class_ids"] == list(range(1, len(class_names) + 1))
-    assert map_config["labels_to_stack"] == [fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX,
-                                             fs.BBOX_YMAX, fs.CLASS_LABEL]
-    assert map_config["predictions_to_stack"] == [coco_metric.DETECTIONS_KEY]
-    assert map_config["num_detections_key"] == coco_metric.NUM_DETECTIONS_KEY
+    # Both sides in the features' and outputs' box order (YXYX): IoU is the same.
+    assert map_config["labels_to_stack"] == [fs.BBOX_YMIN, fs.BBOX_XMIN, fs.BBOX_YMAX,
+                                             fs.BBOX_XMAX, fs.CLASS_LABEL]
+    assert map_config["predictions_to_stack"] == [fs.DETECTION_BOXES, fs.DETECTION_CLASSES,
+                                                  fs.DETECTION_SCORES]
+    assert map_config["num_detections_key"] == fs.NUM_DETECTIONS
     assert map_config["max_num_detections"] == 100 and map_config["num_thresholds"] == 100
     # The pipeline's mAP floor gates the built-in mAP too.
     floor = spec.metrics[0].per_slice_thresholds[0].threshold.value_threshold.lower_bound.value
-    assert floor == config.map_floor
+    assert floor == config.gates.map_floor
 
 
 def test_builtin_default_thresholds_leave_num_thresholds_unset():
