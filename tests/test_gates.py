@@ -25,10 +25,11 @@ def _run(home: str, *overrides: str) -> dict:
 
 @pytest.fixture(scope="module")
 def gated_runs(tmp_path_factory) -> dict[str, dict]:
-    """good -> degraded overall -> degraded on one camera only -> good again."""
+    """below the floor -> good -> degraded overall -> degraded on one camera only -> good."""
     home = str(tmp_path_factory.mktemp("gates"))
     return {
-        "first": _run(home, "train.oracle_jitter=0.05"),
+        "below_floor": _run(home, "train.oracle_jitter=0.05", "gates.map_floor=0.99"),
+        "first": _run(home, "train.oracle_jitter=0.05", "gates.map_floor=0.5"),
         "degraded": _run(home, "train.oracle_jitter=0.6"),
         # The overall gate is opened wide: only the per-slice gate can stop this one.
         "one_camera": _run(home, "train.oracle_jitter=0.05", "gates.max_map_regression=1",
@@ -38,10 +39,20 @@ def gated_runs(tmp_path_factory) -> dict[str, dict]:
     }
 
 
+def test_without_a_baseline_the_floor_alone_blocks_a_model(gated_runs):
+    below = gated_runs["below_floor"]
+    assert below["evaluation"]["rubber_stamp"]
+    assert below["blessed"] is False and below["pushed"]["pushed"] is False
+    [failure] = below["evaluation"]["failed_thresholds"]
+    assert failure["slice"] == "overall" and not failure["change"]
+    assert f"mAP = {below['evaluation']['overall']['mAP']:.4f} is below the floor 0.9900" \
+        in failure["message"]
+
+
 def test_first_good_model_is_blessed_by_the_floor_alone(gated_runs):
     first = gated_runs["first"]
     assert first["evaluation"]["rubber_stamp"] and first["blessed"]
-    assert first["evaluation"]["overall"]["mAP"] > 0.5
+    assert first["evaluation"]["overall"]["mAP"] > 0.5  # the floor it passed
     assert first["pushed"]["pushed"]
 
 

@@ -43,8 +43,7 @@ def test_whole_dag_pushes_a_model(tiny_run):
     assert {name.split("=")[0] for name in slices} == {"meta/camera", "meta/lighting"}
     assert "meta/lighting=day" in slices  # readable values, not b'day'
     assert all(s["example_count"] >= 1 for s in slices.values())
-    assert summary["blessed"] is True
-    pushed = summary["pushed"]
+    pushed = summary["pushed"]  # the tiny preset's floor is 0: test_gates tests the gates
     assert pushed["pushed"]
     version_dir = os.path.join(configs.Paths(home, "sightline-tiny").serving_model_dir,
                                pushed["version"])

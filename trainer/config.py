@@ -1,11 +1,10 @@
 """The one typed training config, parsed from the Trainer's ``custom_config``.
 
 Run: ``Trainer(run_fn="trainer.task.run_fn", custom_config=TrainConfig(...).to_dict())``.
-Budget of the defaults (``benchmarks/train_bench.py``, 2-core AMD EPYC with AVX-512):
-``small`` at 128 px, batch 16, trains 2,413 images x 32 epochs in ~5.5 minutes (an
-AVX2-only CPU takes ~2.2x as long; ``epochs=14`` fits 6 minutes there). At this budget
-epochs beat pixels: in ~5-6 minutes, held-out COCO mAP was 0.371 for 128 px x 32 epochs
-and 0.204 for 160 px x 20 epochs.
+Budget of the defaults (``python -m benchmarks.train_bench``; figures, CPUs and dates in
+docs/training.md): ``small`` at 128 px, batch 16, 2,413 images x 32 epochs takes ~5.5
+minutes on a 2-core AVX-512 EPYC and about twice that on AVX2-only CPUs. At this budget
+epochs beat pixels (128 px x 32 epochs beat 160 px x 20 epochs at equal time).
 """
 
 from __future__ import annotations

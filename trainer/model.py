@@ -3,8 +3,9 @@
 Only Conv2D / BatchNormalization / ReLU6 / Add / UpSampling2D / Activation layers, so
 ``tfmot.quantization.keras.quantize_model`` and the TFLite converter accept it as is.
 The backbone uses fused inverted-residual blocks (dense 3x3 expand + 1x1 project)
-instead of MobileNet's depthwise convs: on this CPU a depthwise 3x3 runs ~10x less
-efficiently than a dense one (TFX116-NOTES.md), so dense blocks buy more accuracy per ms.
+instead of MobileNet's depthwise convs: on the 2-core x86 CPUs measured, a depthwise 3x3
+ran ~10x less efficiently per FLOP than a dense one (docs/training.md), so dense blocks
+buy more accuracy per ms.
 """
 
 from __future__ import annotations

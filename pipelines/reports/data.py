@@ -397,41 +397,39 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     images["classes"] = png(fig)
     plt.close(fig)
 
-    numeric = hist["numeric"]
-    if numeric:
-        fig, axes = plt.subplots(1, len(numeric), figsize=(4.5 * len(numeric), 3), squeeze=False)
-        for ax, (key, h) in zip(axes[0], numeric.items(), strict=True):
-            edges = np.asarray(h["edges"])
-            for counts, label, fill in ((h["current"], "current", True),
-                                        (h["baseline"], "baseline", False)):
-                if counts is not None and sum(counts):
-                    ax.stairs(np.asarray(counts) / sum(counts), edges, fill=fill, alpha=0.5
-                              if fill else 1, label=label, linewidth=1.5)
-            ax.set_title(key, fontsize=10)
-            ax.set_ylabel("share of images")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        images["numeric"] = png(fig)
-        plt.close(fig)
+    def stairs(ax: Any, h: dict[str, Any]) -> None:
+        for counts, label, fill in ((h["current"], "current", True),
+                                    (h["baseline"], "baseline", False)):
+            if counts is not None and sum(counts):
+                ax.stairs(np.asarray(counts) / sum(counts), np.asarray(h["edges"]), fill=fill,
+                          alpha=0.5 if fill else 1, label=label, linewidth=1.5)
 
-    categorical = hist["categorical"]
-    if categorical:
-        fig, axes = plt.subplots(1, len(categorical), figsize=(4.5 * len(categorical), 3),
-                                 squeeze=False)
-        for ax, (key, h) in zip(axes[0], categorical.items(), strict=True):
-            x = np.arange(len(h["values"]))
-            for offset, counts, label in ((-0.2, h["current"], "current"),
-                                          (0.2, h["baseline"], "baseline")):
-                if counts is not None and sum(counts):
-                    ax.bar(x + offset, np.asarray(counts) / sum(counts), 0.4, label=label)
-            ax.set_xticks(x, h["values"], fontsize=8)
-            ax.set_title(key, fontsize=10)
-            ax.set_ylabel("share of images")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        images["categorical"] = png(fig)
-        plt.close(fig)
+    def bars(ax: Any, h: dict[str, Any]) -> None:
+        x = np.arange(len(h["values"]))
+        for offset, counts, label in ((-0.2, h["current"], "current"),
+                                      (0.2, h["baseline"], "baseline")):
+            if counts is not None and sum(counts):
+                ax.bar(x + offset, np.asarray(counts) / sum(counts), 0.4, label=label)
+        ax.set_xticks(x, h["values"], fontsize=8)
+
+    for kind, draw in (("numeric", stairs), ("categorical", bars)):
+        if hist[kind]:
+            images[kind] = _share_of_images_plot(plt, hist[kind], draw)
     return images
+
+
+def _share_of_images_plot(plt: Any, features: dict[str, Any], draw: Any) -> str:
+    """One panel per feature, its current and baseline shares drawn by ``draw(ax, h)``."""
+    fig, axes = plt.subplots(1, len(features), figsize=(4.5 * len(features), 3), squeeze=False)
+    for ax, (key, h) in zip(axes[0], features.items(), strict=True):
+        draw(ax, h)
+        ax.set_title(key, fontsize=10)
+        ax.set_ylabel("share of images")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    image = png(fig)
+    plt.close(fig)
+    return image
 
 
 def _baseline_name(report: dict[str, Any]) -> str:
