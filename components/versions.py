@@ -27,8 +27,13 @@ def _reserve(base_directory: str) -> tuple[str, str]:
                                                  fileio.listdir(base_directory)) if m]
         version = str(max([int(time.time()), *(v + 1 for v in taken)]))
         staging = os.path.join(base_directory, f".{version}.incomplete")
-        if _make_exclusive(staging):
-            return version, staging
+        if not _make_exclusive(staging):
+            continue  # another pusher is staging this version
+        if fileio.exists(os.path.join(base_directory, version)):
+            # Another pusher staged and renamed it between our listing and our mkdir.
+            fileio.rmtree(staging)
+            continue
+        return version, staging
 
 
 def _make_exclusive(path: str) -> bool:

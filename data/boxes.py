@@ -78,7 +78,7 @@ def from_features(features: Mapping[str, Any], box_format: str) -> np.ndarray:
         raise ValueError(f"features hold normalized boxes: ask for one of {tuple(FEATURE_KEYS)}")
     missing = [k for k in FEATURE_KEYS[box_format] if k not in features]
     if missing:
-        raise KeyError(f"the example lacks box feature(s) {missing}; available: "
+        raise KeyError(f"the example lacks the box feature '{missing[0]}'; available: "
                        f"{sorted(features)}")
     columns = [np.asarray(features[k]).reshape(-1) for k in FEATURE_KEYS[box_format]]
     return np.stack(columns, axis=1)

@@ -10,6 +10,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tests.coco_fixture import make_bad_coco  # noqa: E402
 
+# Fixtures that run a real DAG, train a detector or start worker processes (tens of
+# seconds to minutes each): a test using one is slow, so `make test-fast` skips it.
+SLOW_FIXTURES = {"tiny_run", "gated_runs", "drift_runs", "data_runs", "spans", "edge",
+                 "trained", "launch"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def bad_coco(tmp_path: pathlib.Path) -> pathlib.Path:

@@ -51,4 +51,4 @@ def test_boxes_from_features_follow_the_asked_format():
     np.testing.assert_array_equal(boxes.from_features(features, boxes.XYXY),
                                   [[0.2, 0.1, 0.6, 0.5]])
     with pytest.raises(KeyError, match="image/object/bbox/xmax"):
-        boxes.from_features({fs.BBOX_XMIN: [0.2]}, boxes.XYXY)
+        boxes.from_features({fs.BBOX_XMIN: [0.2], fs.BBOX_YMIN: [0.1]}, boxes.XYXY)

@@ -118,6 +118,7 @@ def test_model_artifact_records_the_exported_hparams(tiny_run):
     assert f"input_size={hparams['input_size']}" in result.output
 
 
+@pytest.mark.slow
 def test_schema_anomaly_stops_the_run_before_training(tmp_path):
     summary, error = _run(str(tmp_path), "data.synthetic.scenario=unknown_class")
     assert error is not None

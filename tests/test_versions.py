@@ -51,15 +51,21 @@ def test_a_failed_write_leaves_no_loadable_version(tmp_path):
 def test_concurrent_pushers_never_share_a_version(tmp_path, monkeypatch):
     monkeypatch.setattr(versions.time, "time", lambda: 1_700_000_000.0)
     pushed: list[str] = []
-    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
 
     def push() -> None:
         barrier.wait()
-        pushed.append(versions.push_version(str(tmp_path), _write("x"))[0])
+        try:
+            pushed.append(versions.push_version(str(tmp_path), _write("x"))[0])
+        except BaseException as e:  # noqa: BLE001 (reported below, not lost in the thread)
+            errors.append(e)
 
-    threads = [threading.Thread(target=push) for _ in range(8)]
+    threads = [threading.Thread(target=push) for _ in range(16)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(pushed) == [str(1_700_000_000 + i) for i in range(8)]
+    assert errors == []
+    assert sorted(pushed) == [str(1_700_000_000 + i) for i in range(16)]
+    assert sorted(os.listdir(tmp_path)) == sorted(pushed)  # no stage left behind
