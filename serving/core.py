@@ -116,8 +116,9 @@ class ServerCore:
                inputs: dict[str, np.ndarray] | None = None,
                outputs: dict[str, np.ndarray] | None = None, client_id: bytes = b"") -> None:
         """Metrics and the request log for one predict call; releases the version."""
-        version = str(handle.version.version) if handle else ""
-        sig = handle.signature.name if handle else signature
+        known = handle.version.version if handle else getattr(error, "version", None)
+        version = "" if known is None else str(known)
+        sig = handle.signature.name if handle else (signature or "serving_default")
         status = error.code_name if error else "OK"
         self.metrics.requests.labels(name, version, sig, api, status).inc()
         if handle is not None:

@@ -165,8 +165,9 @@ class RestApi:
                             "found in signature def") from None
 
                 signature, inputs, fmt = json_codec.parse_predict_request(body, input_types)
-            except BaseException:
+            except BaseException as e:
                 loaded.release()
+                e.version = loaded.version
                 raise
             handle = manager.submit_to(loaded, signature, inputs, deadline)
             try:

@@ -293,8 +293,9 @@ class ModelManager:
             signature = loaded.servable.signature(signature_name)
             signature.check_inputs(inputs)
             future = loaded.executors[signature.name].schedule(inputs, deadline)
-        except BaseException:
+        except BaseException as e:
             loaded.release()
+            e.version = loaded.version  # for the metrics of a refused request
             raise
         return Handle(loaded, signature, future)
 
