@@ -214,6 +214,7 @@ class DirectRunner:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, f"run-{name}")
+        self._running = threading.BoundedSemaphore(num_threads)
 
     @property
     def queue_depth(self) -> int:
@@ -228,11 +229,31 @@ class DirectRunner:
                     f"this model version (max_in_flight is {self._max})")
             self._in_flight += 1
         try:
-            future = self._pool.submit(self._call, inputs, deadline)
+            future = self._pool.submit(self._pooled, inputs, deadline)
         except RuntimeError:
             self._done(None)
             raise unavailable("The model version is shutting down") from None
         future.add_done_callback(self._done)
+        return future
+
+    def run_inline(self, inputs: dict[str, np.ndarray], deadline: float
+                   ) -> concurrent.futures.Future:
+        """Runs in the calling thread (a gRPC worker that would only wait), under the same
+        in-flight bound and with at most ``num_threads`` model calls at once."""
+        with self._lock:
+            if self._in_flight >= self._max:
+                raise unavailable(
+                    f"The server is overloaded: {self._in_flight} requests in flight for "
+                    f"this model version (max_in_flight is {self._max})")
+            self._in_flight += 1
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            with self._running:
+                future.set_result(self._call(inputs, deadline))
+        except BaseException as e:  # the caller reads it from the future
+            future.set_exception(e)
+        finally:
+            self._done(None)
         return future
 
     def _done(self, _future) -> None:
@@ -243,6 +264,10 @@ class DirectRunner:
         if deadline <= time.monotonic():
             raise deadline_exceeded(DEADLINE_MESSAGE)
         return self._run(inputs)
+
+    def _pooled(self, inputs: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+        with self._running:
+            return self._call(inputs, deadline)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -43,6 +43,19 @@ def _abort(context: grpc.ServicerContext, error: ServingError):
     context.abort(error.code, error.message)
 
 
+def _check_output_filter(wanted: list[str], outputs: list[str]) -> None:
+    """predict_util.cc's output_filter checks and messages."""
+    seen = set()
+    for alias in wanted:
+        if alias not in outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{','.join(outputs)}}}.")
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: ServerCore):
         self.core = core
@@ -51,22 +64,23 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         started = time.monotonic()
         name, version, label = _spec(request)
         handle, signature = None, request.model_spec.signature_name
-        remaining = context.time_remaining()
-        deadline = started + (remaining if remaining is not None else NO_DEADLINE_SECONDS)
+        remaining = context.time_remaining()  # None or huge when the client set no deadline
+        deadline = started + min(remaining if remaining is not None else NO_DEADLINE_SECONDS,
+                                 NO_DEADLINE_SECONDS)
         try:
             inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
-            handle = self.core.submit(name, version, label, signature, inputs, deadline)
+            manager = self.core.manager(name, version)
+            loaded = manager.resolve(version, label)
+            try:
+                found = loaded.servable.signature(signature)
+                wanted = list(request.output_filter) or found.output_names
+                _check_output_filter(wanted, found.output_names)
+            except BaseException as e:
+                loaded.release()
+                e.version = loaded.version
+                raise
+            handle = manager.submit_to(loaded, signature, inputs, deadline, inline=True)
             signature = handle.signature.name
-            wanted = list(request.output_filter) or handle.signature.output_names
-            seen = set()
-            for alias in wanted:
-                if alias not in handle.signature.output_names:
-                    raise invalid_argument(
-                        f"output tensor alias not found in signature: {alias} Outputs "
-                        f"expected to be in the set {{{','.join(handle.signature.output_names)}}}.")
-                if alias in seen:
-                    raise invalid_argument(f"duplicate output tensor alias: {alias}")
-                seen.add(alias)
             try:
                 outputs = handle.future.result(timeout=max(0.0, deadline - time.monotonic()))
             except futures.TimeoutError:

@@ -283,16 +283,26 @@ class ModelManager:
         return self._labels.get(label)
 
     def submit(self, version: int | None, label: str | None, signature_name: str,
-               inputs: dict[str, np.ndarray], deadline: float) -> Handle:
-        return self.submit_to(self.resolve(version, label), signature_name, inputs, deadline)
+               inputs: dict[str, np.ndarray], deadline: float, inline: bool = False) -> Handle:
+        return self.submit_to(self.resolve(version, label), signature_name, inputs, deadline,
+                              inline)
 
     def submit_to(self, loaded: LoadedVersion, signature_name: str,
-                  inputs: dict[str, np.ndarray], deadline: float) -> Handle:
-        """Queues a request on a version already held by ``resolve`` (released on error)."""
+                  inputs: dict[str, np.ndarray], deadline: float, inline: bool = False
+                  ) -> Handle:
+        """Queues a request on a version already held by ``resolve`` (released on error).
+
+        ``inline``: an unbatched request runs in the calling thread (gRPC workers block
+        on the result anyway); batched requests always go through their queue.
+        """
         try:
             signature = loaded.servable.signature(signature_name)
             signature.check_inputs(inputs)
-            future = loaded.executors[signature.name].schedule(inputs, deadline)
+            executor = loaded.executors[signature.name]
+            if inline and isinstance(executor, DirectRunner):
+                future = executor.run_inline(inputs, deadline)
+            else:
+                future = executor.schedule(inputs, deadline)
         except BaseException as e:
             loaded.release()
             e.version = loaded.version  # for the metrics of a refused request
