@@ -18,7 +18,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
 from serving import tensors
-from serving.errors import ServingError, internal, invalid_argument
+from serving.errors import ServingError, failed_precondition, internal, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -75,8 +75,7 @@ class Servable:
         key = name or DEFAULT_SIGNATURE
         if key not in self.signatures:
             # predict_util.cc: FAILED_PRECONDITION, same text.
-            raise ServingError(_failed_precondition(),
-                               f'Serving signature key "{key}" not found.')
+            raise failed_precondition(f'Serving signature key "{key}" not found.')
         return self.signatures[key]
 
     def signature_def_map(self) -> get_model_metadata_pb2.SignatureDefMap:
@@ -87,12 +86,6 @@ class Servable:
 
     def close(self) -> None:
         self._close()
-
-
-def _failed_precondition():
-    import grpc
-
-    return grpc.StatusCode.FAILED_PRECONDITION
 
 
 def is_complete(version_dir: str, backend: str) -> bool:

@@ -208,8 +208,10 @@ class BatchScheduler:
 class DirectRunner:
     """Unbatched execution on a fixed thread pool with a bound on requests in flight."""
 
-    def __init__(self, run: Run, num_threads: int, max_in_flight: int, name: str):
+    def __init__(self, run: Run, num_threads: int, max_in_flight: int, name: str,
+                 on_depth: Callable[[int], None] = lambda n: None):
         self._run = run
+        self._on_depth = on_depth
         self._max = max_in_flight
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -228,6 +230,8 @@ class DirectRunner:
                     f"The server is overloaded: {self._in_flight} requests in flight for "
                     f"this model version (max_in_flight is {self._max})")
             self._in_flight += 1
+            depth = self._in_flight
+        self._on_depth(depth)
         try:
             future = self._pool.submit(self._pooled, inputs, deadline)
         except RuntimeError:
@@ -246,6 +250,8 @@ class DirectRunner:
                     f"The server is overloaded: {self._in_flight} requests in flight for "
                     f"this model version (max_in_flight is {self._max})")
             self._in_flight += 1
+            depth = self._in_flight
+        self._on_depth(depth)
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
             with self._running:
@@ -259,6 +265,8 @@ class DirectRunner:
     def _done(self, _future) -> None:
         with self._lock:
             self._in_flight -= 1
+            depth = self._in_flight
+        self._on_depth(depth)
 
     def _call(self, inputs: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
         if deadline <= time.monotonic():

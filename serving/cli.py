@@ -163,9 +163,11 @@ def serve(port, rest_api_port, host, model_name, model_base_path, model_config_f
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from serving.errors import ServingError
+
     try:
         server.start()
-    except OSError as e:
+    except (OSError, ServingError) as e:
         server.stop()
         raise click.ClickException(f"cannot start: {e}") from None
     log.info("Ready (backend %s, batching %s); SIGTERM or Ctrl-C stops", backend,

@@ -108,9 +108,8 @@ class ServerCore:
     # ------------------------------------------------------------------------------ predict
 
     def submit(self, name: str, version: int | None, label: str | None, signature: str,
-               inputs: dict[str, np.ndarray], deadline: float, inline: bool = False) -> Handle:
-        return self.manager(name, version).submit(version, label, signature, inputs, deadline,
-                                                  inline)
+               inputs: dict[str, np.ndarray], deadline: float) -> Handle:
+        return self.manager(name, version).submit(version, label, signature, inputs, deadline)
 
     def finish(self, api: str, name: str, handle: Handle | None, signature: str,
                started: float, error: ServingError | None,

@@ -30,7 +30,8 @@ class Metrics:
             "sightline_serving_batch_size", "Requests' items per executed batch (before "
             "padding)", ["model", "version", "signature"], buckets=_BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge(
-            "sightline_serving_queue_depth", "Requests waiting to run",
+            "sightline_serving_queue_depth", "Requests queued for batching, or in flight "
+            "when unbatched",
             ["model", "version", "signature"], registry=r)
         self.model_loads = Counter(
             "sightline_serving_model_loads", "Version load attempts by outcome",

@@ -15,6 +15,7 @@ import re
 import time
 import urllib.parse
 
+import grpc
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -192,14 +193,9 @@ class RestApi:
         return Response(text, media_type=JSON)
 
 
-def _codes():
-    import grpc
-
-    return grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED, \
-        grpc.StatusCode.CANCELLED
-
-
-_RESOURCE, _UNIMPLEMENTED, _CANCELLED = _codes()
+_RESOURCE = grpc.StatusCode.RESOURCE_EXHAUSTED
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
 def _too_large(message: str) -> ServingError:

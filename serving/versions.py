@@ -80,7 +80,8 @@ class LoadedVersion:
                     on_depth=metrics.queue_depth.labels(*labels).set)
             else:
                 self.executors[name] = DirectRunner(
-                    signature.run, options.num_threads, options.max_in_flight, tag)
+                    signature.run, options.num_threads, options.max_in_flight, tag,
+                    on_depth=metrics.queue_depth.labels(*labels).set)
 
     def acquire(self) -> bool:
         with self._cv:

@@ -207,6 +207,9 @@ def test_metrics_count_requests_by_labels(server, images):
     assert samples[count] >= samples[ok]
     assert samples['sightline_serving_model_loads_total{model="det",outcome="success"}'] == 1
     assert samples['sightline_serving_loaded_versions{model="det"}'] == 1
+    depth = ('sightline_serving_queue_depth{model="det",signature="serving_default",'
+             'version="1"}')
+    assert samples[depth] == 0  # nothing in flight once the answers are back
 
 
 def test_missing_model_directory_is_one_line_error(tmp_path):
