@@ -284,10 +284,23 @@ def _status_text(error: Exception) -> str:
 def format_floats(flat: np.ndarray) -> list[str]:
     """TF Serving's WriteDecimal for every value of a float32/float64 vector.
 
-    Vectorised where it can be: ``%g`` per value, one numpy parse to find the values
+    Each distinct bit pattern is formatted once (detections repeat: ``detections``
+    holds the same boxes and scores as ``detection_boxes``/``detection_scores``, and
+    padding rows are zeros); then ``%g`` per value, one numpy parse to find the values
     that need ``%.9g`` (``%.17g`` for doubles), and fix-ups only for the few whole or
     non-finite values.
     """
+    if flat.size == 0:
+        return []
+    bits = flat.view(np.uint32 if flat.dtype == np.float32 else np.uint64)
+    unique, inverse = np.unique(bits, return_inverse=True)
+    if len(unique) < len(flat):
+        distinct = np.array(_format_distinct(unique.view(flat.dtype)), dtype=object)
+        return distinct[inverse].tolist()
+    return _format_distinct(flat)
+
+
+def _format_distinct(flat: np.ndarray) -> list[str]:
     values = flat.tolist()
     strs = ["%g" % v for v in values]  # noqa: UP031 (printf semantics are the point)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -306,6 +319,8 @@ def format_floats(flat: np.ndarray) -> list[str]:
 
 
 def _leaf_strings(array: np.ndarray, as_bytes: bool) -> list[str]:
+    """One JSON token per value; ``as_bytes`` (json_tensor.cc IsNamedTensorBytes: a
+    DT_STRING output named ``*_bytes``) writes strings as ``{"b64": ...}``."""
     flat = array.ravel()
     if array.dtype in (np.float32, np.float64):
         return format_floats(flat)
@@ -329,9 +344,19 @@ def _nest(leaves: list[str], shape: tuple[int, ...]) -> str:
                           for i in range(shape[0])) + "]"
 
 
-def _json_tensor(name: str, array: np.ndarray) -> str:
-    # json_tensor.cc IsNamedTensorBytes: DT_STRING outputs named *_bytes go out as b64.
-    return _nest(_leaf_strings(array, name.endswith("_bytes")), array.shape)
+def _all_leaves(outputs: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """Leaf strings per output; float32 outputs are formatted together (they share values)."""
+    floats = [n for n in sorted(outputs) if outputs[n].dtype == np.float32]
+    leaves = {n: _leaf_strings(a, n.endswith("_bytes")) for n, a in outputs.items()
+              if n not in floats}
+    if floats:
+        joined = format_floats(np.concatenate([outputs[n].ravel() for n in floats]))
+        start = 0
+        for name in floats:
+            size = outputs[name].size
+            leaves[name] = joined[start:start + size]
+            start += size
+    return leaves
 
 
 def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
@@ -339,10 +364,12 @@ def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
+    all_leaves = _all_leaves(outputs)
     if fmt == COLUMNAR:
+        tensors_json = {n: _nest(all_leaves[n], outputs[n].shape) for n in names}
         if len(names) == 1:
-            return '{"outputs":' + _json_tensor(names[0], outputs[names[0]]) + "}"
-        body = ",".join(json.dumps(n) + ":" + _json_tensor(n, outputs[n]) for n in names)
+            return '{"outputs":' + tensors_json[names[0]] + "}"
+        body = ",".join(json.dumps(n) + ":" + tensors_json[n] for n in names)
         return '{"outputs":{' + body + "}}"
     batch = None
     for name in names:
@@ -356,7 +383,7 @@ def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     rows: list[list[str]] = [[] for _ in range(batch or 0)]
     for name in names:
         array = outputs[name]
-        leaves = _leaf_strings(array, name.endswith("_bytes"))
+        leaves = all_leaves[name]
         step = len(leaves) // batch if batch else 0
         for i in range(batch or 0):
             text = _nest(leaves[i * step:(i + 1) * step], array.shape[1:])
