@@ -217,3 +217,39 @@ def test_model_config_file_is_polled(base, tmp_path):
         assert server.core.manager("det").label_version("stable") == 1
     finally:
         server.stop()
+
+
+def write_warmup(version_dir: pathlib.Path, images: list[bytes]) -> None:
+    """TF Serving's assets.extra/tf_serving_warmup_requests: PredictionLog TFRecords."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.tfrecord import frame
+
+    (version_dir / "assets.extra").mkdir(exist_ok=True)
+    with open(version_dir / "assets.extra" / "tf_serving_warmup_requests", "wb") as f:
+        for image in images:
+            log = prediction_log_pb2.PredictionLog()
+            request = log.predict_log.request
+            request.model_spec.name = "det"
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto([image]))
+            f.write(frame(log.SerializeToString()))
+
+
+def test_warmup_file_runs_and_a_failing_warmup_keeps_the_version_out(base):
+    from serving import backends
+
+    write_warmup(base / "1", [sf.encode_image(15), sf.encode_image(16, "PNG")])
+    assert backends.warmup(backends.load_saved_model(str(base / "1"))) == 2
+    broken = pathlib.Path(sf.copy_version(sf.exported_model(1), base, 2))
+    write_warmup(broken, [b"not an image"])
+    server = sf.make_server([sf.model("det", base, policy="all")], file_system_poll_seconds=0)
+    try:
+        status = rest_status(server)
+        assert status[1] == ("AVAILABLE", "OK", "")
+        state, code, message = status[2]
+        assert (state, code) == ("END", "INVALID_ARGUMENT")
+        assert "Unknown image file format" in message
+        assert server.core.manager("det").available_versions() == [1]
+    finally:
+        server.stop()
