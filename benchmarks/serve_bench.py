@@ -15,7 +15,9 @@ generator sends requests on a fixed schedule whatever the responses (latency cou
 from the scheduled send time, so a late generator shows up as latency), with a cap on
 outstanding requests whose excess counts as errors. Phases:
 
-- raw: the same signature called in-process, one image at a time (the floor);
+- raw: the same signature called in-process, one image per call, paced at the low-load
+  rate (the floor for the overhead check) and back to back; plus its batch-8 vs batch-1
+  images/s, the most batching can gain on this CPU;
 - low load per API: the server's overhead over raw at p50;
 - a rate ladder (x1.4 steps) per API and batching mode, up to the last rate served with
   < 1 % errors, >= 95 % of the offered rate and p99 <= 250 ms: the maximum sustainable
@@ -147,29 +149,56 @@ def percentiles(ms: list[float]) -> dict[str, float | None]:
     return {f"p{q}_ms": round(float(np.percentile(values, q)), 3) for q in (50, 90, 99)}
 
 
-def raw_floor(kind: str, path: str, images: list[bytes], seconds: float) -> dict[str, Any]:
-    """The signature called in-process, one image per call, back to back."""
+def _raw_call(kind: str, path: str):
+    """The signature as a function of a list of encoded images, in this process."""
     if kind == "tflite":
         from serving.tflite_runner import TFLiteDetector
 
         detector = TFLiteDetector(path)
-        call = lambda image: detector.detect([image])  # noqa: E731
-    else:
-        import tensorflow as tf
+        return lambda batch: detector.detect(batch)
+    import tensorflow as tf
 
-        function = tf.saved_model.load(path).signatures["serving_default"]
-        call = lambda image: {k: v.numpy() for k, v in  # noqa: E731
-                              function(images=tf.constant([image])).items()}
+    function = tf.saved_model.load(path).signatures["serving_default"]
+    return lambda batch: {k: v.numpy() for k, v in function(images=tf.constant(batch)).items()}
+
+
+def raw_floor(kind: str, path: str, images: list[bytes], seconds: float,
+              rate: float | None = None) -> dict[str, Any]:
+    """The signature called in-process, one image per call: paced at ``rate`` (the floor
+    for the low-load overhead: an idle CPU between calls costs time too) or back to back
+    (``rate`` None: the in-process maximum)."""
+    call = _raw_call(kind, path)
     for image in images[:5]:
-        call(image)
+        call([image])
     latencies, started, i = [], time.monotonic(), 0
     while time.monotonic() - started < seconds:
+        if rate:
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         t = time.perf_counter()
-        call(images[i % len(images)])
+        call([images[i % len(images)]])
         latencies.append(1000 * (time.perf_counter() - t))
         i += 1
-    return {"phase": "raw", "api": "in-process", "requests": i, **percentiles(latencies),
+    return {"phase": f"raw {'paced' if rate else 'back to back'}", "api": "in-process",
+            "offered_rps": rate or "-", "requests": i, **percentiles(latencies),
             "throughput_rps": round(i / (time.monotonic() - started), 1)}
+
+
+def raw_batch_scaling(kind: str, path: str, images: list[bytes]) -> dict[str, float]:
+    """Images/s in-process at batch 1 and 8: the most batching can gain on this CPU."""
+    call = _raw_call(kind, path)
+    out = {}
+    for size in (1, 8):
+        batch = (images * 8)[:size]
+        call(batch)
+        started, n = time.perf_counter(), 0
+        while time.perf_counter() - started < 2.0:
+            call(batch)
+            n += 1
+        out[f"batch_{size}_images_per_s"] = round(size * n / (time.perf_counter() - started), 1)
+    out["batch_8_gain"] = round(out["batch_8_images_per_s"] / out["batch_1_images_per_s"], 2)
+    return out
 
 
 class ServerProcess:
@@ -380,9 +409,14 @@ def run(args) -> dict[str, Any]:
         base = os.path.join(work, "models", MODEL_NAME)
         copy_version(model_dir, base, 1)
 
-        raw = raw_floor("savedmodel", model_dir, images, seconds)
+        raw = raw_floor("savedmodel", model_dir, images, seconds, LOW_RATE)
         rows.append(raw)
         print(_row(raw), flush=True)
+        raw_max = raw_floor("savedmodel", model_dir, images, seconds)
+        rows.append(raw_max)
+        print(_row(raw_max), flush=True)
+        report["raw_batch_scaling"] = raw_batch_scaling("savedmodel", model_dir, images)
+        print(f"in-process batch scaling: {report['raw_batch_scaling']}", flush=True)
 
         def check(name: str, ok: bool, detail: str) -> None:
             checks.append({"check": name, "pass": bool(ok), "detail": detail})
@@ -503,7 +537,7 @@ def run(args) -> dict[str, Any]:
             edge_base = os.path.join(work, "edge", MODEL_NAME)
             shutil.copytree(edge_dir, os.path.join(edge_base, "1"))
             raw_t = {**raw_floor("tflite", os.path.join(edge_dir, "model.tflite"), images,
-                                 seconds), "backend": f"tflite {variant}"}
+                                 seconds, LOW_RATE), "backend": f"tflite {variant}"}
             rows.append(raw_t)
             print(_row(raw_t), flush=True)
             server = ServerProcess(edge_base, work, backend="tflite")
@@ -605,6 +639,7 @@ def main() -> None:
     for r in report["rows"]:
         print(_row(r))
     print(f"max sustainable rps: {report['max_sustainable_rps']}")
+    print(f"in-process batch scaling: {report['raw_batch_scaling']}")
     for c in report["checks"]:
         print(f"{'PASS' if c['pass'] else 'FAIL'} {c['check']}: {c['detail']}")
     for note in report["notes"]:
