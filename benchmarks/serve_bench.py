@@ -272,21 +272,37 @@ class RestSender:
         self.pool = concurrent.futures.ThreadPoolExecutor(CLIENT_CAP)
         self.local = threading.local()
 
-    def _post(self, body: bytes) -> tuple[bool, str]:
+    def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self.local, "conn", None)
-        if conn is None:
+        if conn is None or conn.sock is None:
             conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port,
                                                                 timeout=30)
             conn.connect()  # http.client sends a large body in a second write: without
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle, +40 ms
-        try:
-            conn.request("POST", self.path, body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            return response.status == 200, str(response.status)
-        except OSError as e:
-            self.local.conn = None
-            return False, type(e).__name__
+        return conn
+
+    def _post(self, body: bytes) -> tuple[bool, str]:
+        for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
+            conn = self._connection()
+            reused = conn.sock is not None and getattr(self.local, "used", False)
+            try:
+                self.local.used = True
+                conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.will_close:
+                    conn.close()
+                return response.status == 200, str(response.status)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError
+                    ) as e:
+                conn.close()
+                self.local.used = False
+                if attempt == 2 or not reused:
+                    return False, type(e).__name__
+            except OSError as e:
+                conn.close()
+                return False, type(e).__name__
+        return False, "unreachable"
 
     def send(self, i: int, done) -> None:
         future = self.pool.submit(self._post, self.bodies[i % len(self.bodies)])

@@ -79,6 +79,16 @@ class BatchScheduler:
     def queue_depth(self) -> int:
         return self._enqueued_tasks
 
+    def full(self) -> str | None:
+        """TF's queue-full message if not even a one-item request would be accepted now."""
+        with self._cv:
+            if (len(self._batches) >= self._config.max_enqueued_batches
+                    and self._open_sizes[-1] >= self._config.max_batch_size):
+                return ("The batch scheduling queue to which this task was submitted is full; "
+                        f"currently {len(self._batches)} batches enqueued and "
+                        f"max_enqueued_batches is {self._config.max_enqueued_batches}")
+        return None
+
     def schedule(self, inputs: dict[str, np.ndarray], deadline: float
                  ) -> concurrent.futures.Future:
         """Queues one request; raises UNAVAILABLE at once if the queue is full."""
@@ -221,6 +231,13 @@ class DirectRunner:
     @property
     def queue_depth(self) -> int:
         return self._in_flight
+
+    def full(self) -> str | None:
+        """The overload message if a request would be refused now."""
+        if self._in_flight >= self._max:
+            return (f"The server is overloaded: {self._in_flight} requests in flight for "
+                    f"this model version (max_in_flight is {self._max})")
+        return None
 
     def schedule(self, inputs: dict[str, np.ndarray], deadline: float
                  ) -> concurrent.futures.Future:

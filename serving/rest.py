@@ -24,7 +24,13 @@ from starlette.routing import Route
 
 from serving import json_codec, metrics
 from serving.core import ServerCore
-from serving.errors import ServingError, deadline_exceeded, internal, invalid_argument
+from serving.errors import (
+    ServingError,
+    deadline_exceeded,
+    internal,
+    invalid_argument,
+    unavailable,
+)
 from serving.request_log import CLIENT_ID_HEADER, MAX_CLIENT_ID
 
 _PREDICT = re.compile(
@@ -151,10 +157,14 @@ class RestApi:
         handle, signature, inputs = None, "", None
         client_id = request.headers.get(CLIENT_ID_HEADER, "").encode()[:MAX_CLIENT_ID]
         try:
-            body = await self._body(request)
             manager = self.core.manager(name, version)
             loaded = manager.resolve(version, label)
             try:
+                refusal = loaded.overloaded()
+                if refusal:  # shed before spending time on the body
+                    raise unavailable(refusal)
+                body = await self._body(request)
+
                 def input_types(sig: str) -> dict[str, int]:
                     nonlocal signature
                     signature = sig

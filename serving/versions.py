@@ -96,6 +96,15 @@ class LoadedVersion:
             if self._holders == 0:
                 self._cv.notify_all()
 
+    def overloaded(self) -> str | None:
+        """A refusal message if every signature's executor is full right now, else None.
+
+        REST checks this before reading and parsing a body, so shedding load costs
+        almost nothing; a request that passes is still checked when it is queued.
+        """
+        messages = [executor.full() for executor in self.executors.values()]
+        return messages[0] if messages and all(messages) else None
+
     def drain_and_close(self) -> None:
         """Waits for every request holding this version, then stops its executors."""
         with self._cv:
