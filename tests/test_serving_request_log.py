@@ -52,9 +52,23 @@ def test_server_logs_readable_prediction_logs_with_images_redacted(tmp_path):
         conn.request("POST", "/v1/models/det:predict", json.dumps({"instances": [1]}))
         assert conn.getresponse().status == 400  # errors are not logged
         conn.close()
+        import grpc
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest(client_id=b"camera-09")
+        request.model_spec.name = "det"
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(images[:1]))
+        stub.Predict(request, timeout=30)
+        request.ClearField("client_id")
+        stub.Predict(request, timeout=30, metadata=[("sightline-client-id", "camera-03")])
+        channel.close()
     finally:
         server.stop()  # flushes the log
-    (record,) = read_logs(prefix)
+    record, *grpc_records = read_logs(prefix)
+    assert [r.predict_log.request.client_id for r in grpc_records] == [b"camera-09",
+                                                                       b"camera-03"]
     spec = record.log_metadata.model_spec
     assert (spec.name, spec.version.value, spec.signature_name) == ("det", 1, "serving_default")
     assert record.log_metadata.sampling_config.sampling_rate == 1.0

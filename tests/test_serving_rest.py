@@ -80,6 +80,10 @@ def test_metadata_renders_the_signature_defs(server):
     assert defs["serving_default"]["method_name"] == "tensorflow/serving/predict"
     assert defs["serving_default"]["outputs"]["detection_boxes"]["tensor_shape"]["dim"][1] == \
         {"size": str(sf.MAX_DETECTIONS), "name": ""}
+    for path in ("/v1/models/det/versions/1/metadata", "/v1/models/det/labels/stable/metadata"):
+        assert call(server, "GET", path) == (200, body), path
+    assert call(server, "GET", "/v1/models/det/versions/2/metadata") == (
+        404, {"error": "Servable not found for request: Specific(det, 2)"})
 
 
 def test_row_format_b64_equals_the_saved_model_bit_for_bit(server, images):
