@@ -16,11 +16,11 @@ import threading
 
 import uvicorn
 
-from serving import backends
+from serving import backends, model_config
 from serving.core import ServerCore
 from serving.grpc_service import build_server
 from serving.metrics import Metrics
-from serving.model_config import BatchingConfig, ModelSettings, read_model_server_config
+from serving.model_config import BatchingConfig, ModelSettings
 from serving.rest import DEFAULT_MAX_BODY_BYTES, RestApi
 from serving.versions import RuntimeOptions
 
@@ -121,22 +121,29 @@ class Server:
             self._config_thread.start()
 
     def _watch_config(self) -> None:
-        """Re-reads --model_config_file every --model_config_file_poll_wait_seconds."""
+        """Re-reads --model_config_file every --model_config_file_poll_wait_seconds.
+
+        A changed file is applied once; one that does not parse or apply is reported once
+        and the last good config keeps serving (as TF Serving does).
+        """
         o = self.options
         while not self._stopped.wait(o.model_config_poll_seconds):
             try:
                 with open(o.model_config_file) as f:
                     text = f.read()
-                if text == self._config_text:
-                    continue
-                models = read_model_server_config(o.model_config_file, o.request_log_max_bytes,
-                                                  o.request_log_include_images)
+            except OSError as e:
+                log.error("Model config %s unreadable: %s", o.model_config_file, e)
+                continue
+            if text == self._config_text:
+                continue
+            self._config_text = text
+            try:
+                models = model_config.parse_model_server_config(
+                    text, o.request_log_max_bytes, o.request_log_include_images)
                 self.core.reload(models)
-                self._config_text = text
                 log.info("Applied the changed model config %s", o.model_config_file)
             except Exception as e:  # keep serving the last good config
                 log.error("Model config %s not applied: %s", o.model_config_file, e)
-                self._config_text = text if "text" in locals() else self._config_text
 
     def stop(self) -> None:
         """Graceful: stop accepting, finish in-flight and queued requests, unload, flush."""
