@@ -23,6 +23,13 @@ setup(
         "click",
         "rich",
         "tqdm",
+        # sightline serve (serving/): TF Serving's protos over gRPC, REST as a small ASGI app
+        "tensorflow-serving-api",
+        "grpcio",
+        "starlette",
+        "uvicorn",
+        "prometheus-client",
+        "google-crc32c",  # request-log TFRecord framing without TensorFlow
     ],
     extras_require={"test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"]},
     entry_points={"console_scripts": ["sightline = pipelines.cli:main"]},
