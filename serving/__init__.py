@@ -1,1 +1,1 @@
-"""Serving: the TFLite runner and its TensorFlow-free preprocessing."""
+"""Serving: ``sightline serve`` (TF Serving's REST and gRPC APIs), the TFLite runner."""

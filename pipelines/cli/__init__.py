@@ -1,4 +1,4 @@
-"""The ``sightline`` command: one entry point for runs, data, schema, lineage and compile.
+"""The ``sightline`` command: one entry point for runs, data, schema, lineage, compile, serve.
 
 This is where a ``sightline`` process starts, so the process-wide environment is set here,
 before anything imports TensorFlow: tfmot (QAT) and TFMA need Keras 2 (``tf_keras``),
@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from pipelines.cli import data, inspect, run
+from serving.cli import serve
 
 
 class _Main(click.Group):
@@ -40,5 +41,5 @@ def main() -> None:
 
 
 for command in (run.run, run.compile_cmd, run.config_cmd, inspect.runs_group, inspect.report,
-                inspect.lineage, data.data_group, data.schema_group):
+                inspect.lineage, data.data_group, data.schema_group, serve):
     main.add_command(command)
