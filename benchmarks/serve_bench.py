@@ -264,11 +264,13 @@ def rest_get(port: int, path: str) -> tuple[int, dict]:
 class RestSender:
     """One keep-alive connection per worker thread; request bodies built beforehand."""
 
-    def __init__(self, port: int, images: list[bytes]):
-        self.port = port
-        self.path = f"/v1/models/{MODEL_NAME}:predict"
+    def __init__(self, port: int, images: list[bytes], method: str = "POST",
+                 path: str = f"/v1/models/{MODEL_NAME}:predict"):
+        """Predicts ``images`` (one per request); ``method="GET"`` and a status ``path``
+        send empty requests instead (the transport floor)."""
+        self.port, self.method, self.path = port, method, path
         self.bodies = [json.dumps({"instances": [{"b64": base64.b64encode(i).decode()}]})
-                       .encode() for i in images]
+                       .encode() for i in images] if method == "POST" else [None]
         self.pool = concurrent.futures.ThreadPoolExecutor(CLIENT_CAP)
         self.local = threading.local()
 
@@ -287,7 +289,7 @@ class RestSender:
             reused = conn.sock is not None and getattr(self.local, "used", False)
             try:
                 self.local.used = True
-                conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+                conn.request(self.method, self.path, body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
                 if response.will_close:
@@ -313,14 +315,28 @@ class RestSender:
 
 
 class GrpcSender:
-    def __init__(self, port: int, images: list[bytes]):
+    """Predicts ``images`` (one per request) with the official stub; ``status=True`` sends
+    GetModelStatus calls instead (the transport floor)."""
+
+    def __init__(self, port: int, images: list[bytes], status: bool = False):
         import grpc
         import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import (
+            get_model_status_pb2,
+            model_service_pb2_grpc,
+            predict_pb2,
+            prediction_service_pb2_grpc,
+        )
 
         self.grpc = grpc
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        if status:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = MODEL_NAME
+            self.call = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus
+            self.requests = [request]
+            return
+        self.call = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
         self.requests = []
         for image in images:
             request = predict_pb2.PredictRequest()
@@ -329,7 +345,7 @@ class GrpcSender:
             self.requests.append(request)
 
     def send(self, i: int, done) -> None:
-        future = self.stub.Predict.future(self.requests[i % len(self.requests)], timeout=30)
+        future = self.call.future(self.requests[i % len(self.requests)], timeout=30)
 
         def finished(f) -> None:
             code = f.code()
@@ -408,170 +424,196 @@ def ladder(sender, seconds: float, label: dict[str, Any], rows: list) -> dict[st
 # ------------------------------------------------------------------------------- phases
 
 
-def run(args) -> dict[str, Any]:
-    seconds = 1.5 if args.quick else args.seconds
-    threads = os.cpu_count() or 1
-    rows: list[dict[str, Any]] = []
-    checks: list[dict[str, Any]] = []
-    notes: list[str] = []
-    report: dict[str, Any] = {"machine": machine.describe(), "quick": args.quick,
-                              "phase_seconds": seconds, "rows": rows, "checks": checks,
-                              "notes": notes}
-    print(machine.summary(report["machine"]), flush=True)
-    with tempfile.TemporaryDirectory() as work:
-        model_dir, report["model"] = resolve_model(args.model_base_path, args.home, work)
-        images, report["images"] = eval_images(args.home, work, 64 if args.quick else 256)
-        print(f"model: {report['model']}\nimages: {report['images']}", flush=True)
-        base = os.path.join(work, "models", MODEL_NAME)
-        copy_version(model_dir, base, 1)
+class Bench:
+    """The phases of one benchmark run, filling ``report`` (rows, checks, notes)."""
 
-        raw = raw_floor("savedmodel", model_dir, images, seconds, LOW_RATE)
-        rows.append(raw)
-        print(_row(raw), flush=True)
-        raw_max = raw_floor("savedmodel", model_dir, images, seconds)
-        rows.append(raw_max)
-        print(_row(raw_max), flush=True)
-        report["raw_batch_scaling"] = raw_batch_scaling("savedmodel", model_dir, images)
-        print(f"in-process batch scaling: {report['raw_batch_scaling']}", flush=True)
+    def __init__(self, args):
+        self.args = args
+        self.seconds = 1.5 if args.quick else args.seconds
+        self.rows: list[dict[str, Any]] = []
+        self.checks: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.best: dict[tuple[str, str], dict | None] = {}
+        self.report: dict[str, Any] = {
+            "machine": machine.describe(), "quick": args.quick, "phase_seconds": self.seconds,
+            "rows": self.rows, "checks": self.checks, "notes": self.notes}
 
-        def check(name: str, ok: bool, detail: str) -> None:
-            checks.append({"check": name, "pass": bool(ok), "detail": detail})
+    def row(self, result: dict[str, Any]) -> dict[str, Any]:
+        self.rows.append(result)
+        print(_row(result), flush=True)
+        return result
 
-        # ---- unbatched
-        server = ServerProcess(base, work)
-        best: dict[tuple[str, str], dict] = {}
-        try:
-            for api, make in (("rest", RestSender), ("grpc", GrpcSender)):
-                sender = make(server.rest if api == "rest" else server.grpc, images)
-                label = {"api": api, "batching": False}
-                open_loop(sender, LOW_RATE, 1.0)  # warm connections and caches
-                low = {**label, "phase": "low load", **open_loop(sender, LOW_RATE, seconds)}
-                rows.append(low)
-                print(_row(low), flush=True)
-                limit = 2.0 if api == "rest" else 1.0
-                overhead = (low["p50_ms"] or float("inf")) - raw["p50_ms"]
-                check(f"overhead {api}", overhead <= limit,
-                      f"server p50 {low['p50_ms']} ms - raw p50 {raw['p50_ms']} ms = "
-                      f"{overhead:.2f} ms (<= {limit} ms)")
-                best[(api, "unbatched")] = ladder(sender, seconds, label, rows)
-                sender.close()
-            for api, make in (("rest", RestSender), ("grpc", GrpcSender)):
-                top = best[(api, "unbatched")]
-                if top is None:
-                    check(f"overload {api}", False, "no sustainable rate found")
-                    continue
-                sender = make(server.rest if api == "rest" else server.grpc, images)
-                rss_before = server.rss_mb()
-                result = {"api": api, "batching": False, "phase": "overload 4x",
-                          **open_loop(sender, 4 * top["offered_rps"], max(seconds, 3.0))}
-                rss_after = server.rss_mb()
-                result.update(rss_before_mb=rss_before, rss_after_mb=rss_after)
-                rows.append(result)
-                print(_row(result), flush=True)
-                sender.close()
-                alive = server.alive()
-                p99_ok = (result["p99_ms"] is not None
-                          and result["p99_ms"] <= 3 * top["p99_ms"])
-                rss_ok = rss_after <= 1.1 * rss_before
-                check(f"overload {api}", result["shed"] > 0 and p99_ok and alive and rss_ok,
-                      f"at {result['offered_rps']} rps: shed {result['shed']} with "
-                      f"503/UNAVAILABLE, accepted p99 {result['p99_ms']} ms vs "
-                      f"{top['p99_ms']} ms at {top['offered_rps']} rps (<= 3x), alive "
-                      f"{alive}, RSS {rss_before} -> {rss_after} MB (<= +10 %)")
-            # ---- version swap under steady load (REST, a quarter of the sustainable rate)
-            top = best[("rest", "unbatched")]
-            rate = max(LOW_RATE, 0.25 * top["offered_rps"]) if top else LOW_RATE
-            sender = RestSender(server.rest, images)
-            swapped = threading.Event()
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append({"check": name, "pass": bool(ok), "detail": detail})
 
-            def push_version_2() -> None:
-                copy_version(model_dir, base, 2)
-                swapped.set()
+    def senders(self, server: ServerProcess, images: list[bytes]):
+        yield "rest", RestSender(server.rest, images)
+        yield "grpc", GrpcSender(server.grpc, images)
 
-            result = {"api": "rest", "batching": False, "phase": "version swap",
-                      **open_loop(sender, rate, max(3 * seconds, 8.0), during=push_version_2)}
+    def run(self) -> dict[str, Any]:
+        args, report = self.args, self.report
+        print(machine.summary(report["machine"]), flush=True)
+        with tempfile.TemporaryDirectory() as work:
+            model_dir, report["model"] = resolve_model(args.model_base_path, args.home, work)
+            images, report["images"] = eval_images(args.home, work, 64 if args.quick else 256)
+            print(f"model: {report['model']}\nimages: {report['images']}", flush=True)
+            base = os.path.join(work, "models", MODEL_NAME)
+            copy_version(model_dir, base, 1)
+            raw = self.raw_phase(model_dir, images)
+            server = ServerProcess(base, work)
+            try:
+                floor = self.transport_floor(server)
+                self.unbatched_phase(server, images, raw, floor)
+                self.overload_phase(server, images)
+                self.swap_phase(server, images, model_dir, base)
+            finally:
+                report["unbatched_exit_code"] = server.stop()
+            self.batched_phase(base, work, images)
+            self.tflite_phase(work, images)
+            report["max_sustainable_rps"] = {f"{api} {mode}": (r["offered_rps"] if r else None)
+                                             for (api, mode), r in self.best.items()}
+            report["hey"] = hey_cross_check(base, work, images, self.seconds)
+        return report
+
+    def raw_phase(self, model_dir: str, images: list[bytes]) -> dict[str, Any]:
+        raw = self.row(raw_floor("savedmodel", model_dir, images, self.seconds, LOW_RATE))
+        self.row(raw_floor("savedmodel", model_dir, images, self.seconds))
+        scaling = raw_batch_scaling("savedmodel", model_dir, images)
+        self.report["raw_batch_scaling"] = scaling
+        print(f"in-process batch scaling: {scaling}", flush=True)
+        return raw
+
+    def transport_floor(self, server: ServerProcess) -> dict[str, float]:
+        """p50 of an empty call (REST status GET, gRPC GetModelStatus) at the low rate:
+        what any request pays on this machine for the round trip alone."""
+        floor = {}
+        for api, sender in (("rest", RestSender(server.rest, [], "GET",
+                                                f"/v1/models/{MODEL_NAME}")),
+                            ("grpc", GrpcSender(server.grpc, [], status=True))):
+            open_loop(sender, LOW_RATE, 1.0)
+            result = self.row({"api": api, "batching": False, "phase": "empty call",
+                               **open_loop(sender, LOW_RATE, self.seconds)})
+            floor[api] = result["p50_ms"]
             sender.close()
-            deadline = time.monotonic() + 30
-            states = {}
-            while time.monotonic() < deadline:
-                states = {s["version"]: s["state"] for s in
-                          rest_get(server.rest, f"/v1/models/{MODEL_NAME}")[1].get(
-                              "model_version_status", [])}
-                if states.get("2") == "AVAILABLE" and states.get("1") == "END":
-                    break
-                time.sleep(0.2)
-            rows.append({**result, "versions": states})
-            print(_row(result), flush=True)
-            lost = result["requests"] - result["ok"]
-            check("version swap", lost == 0 and states.get("2") == "AVAILABLE",
-                  f"{result['requests']} requests at {result['offered_rps']} rps while "
-                  f"version 2 was pushed: {lost} lost; states after {states}")
-            shutil.rmtree(os.path.join(base, "2"))
-        finally:
-            report["unbatched_exit_code"] = server.stop()
+        return floor
 
-        # ---- batched
-        server = ServerProcess(base, work, batching_threads=threads)
+    def unbatched_phase(self, server: ServerProcess, images: list[bytes],
+                        raw: dict[str, Any], floor: dict[str, float]) -> None:
+        for api, sender in self.senders(server, images):
+            label = {"api": api, "batching": False}
+            open_loop(sender, LOW_RATE, 1.0)  # warm connections and caches
+            low = self.row({**label, "phase": "low load",
+                            **open_loop(sender, LOW_RATE, self.seconds)})
+            limit = 2.0 if api == "rest" else 1.0
+            overhead = (low["p50_ms"] or float("inf")) - raw["p50_ms"]
+            self.check(f"overhead {api}", overhead <= limit,
+                       f"server p50 {low['p50_ms']} ms - raw p50 {raw['p50_ms']} ms = "
+                       f"{overhead:.2f} ms (<= {limit} ms); an empty {api} call takes "
+                       f"{floor[api]} ms p50 at this rate, leaving "
+                       f"{overhead - floor[api]:.2f} ms for the request's own work")
+            self.best[(api, "unbatched")] = ladder(sender, self.seconds, label, self.rows)
+            sender.close()
+
+    def overload_phase(self, server: ServerProcess, images: list[bytes]) -> None:
+        for api, sender in self.senders(server, images):
+            top = self.best[(api, "unbatched")]
+            if top is None:
+                self.check(f"overload {api}", False, "no sustainable rate found")
+                sender.close()
+                continue
+            rss_before = server.rss_mb()
+            result = {"api": api, "batching": False, "phase": "overload 4x",
+                      **open_loop(sender, 4 * top["offered_rps"], max(self.seconds, 3.0))}
+            rss_after = server.rss_mb()
+            self.row({**result, "rss_before_mb": rss_before, "rss_after_mb": rss_after})
+            sender.close()
+            alive = server.alive()
+            p99_ok = result["p99_ms"] is not None and result["p99_ms"] <= 3 * top["p99_ms"]
+            rss_ok = rss_after <= 1.1 * rss_before
+            self.check(f"overload {api}", result["shed"] > 0 and p99_ok and alive and rss_ok,
+                       f"at {result['offered_rps']} rps: shed {result['shed']} with "
+                       f"503/UNAVAILABLE, accepted p99 {result['p99_ms']} ms vs "
+                       f"{top['p99_ms']} ms at {top['offered_rps']} rps (<= 3x), alive "
+                       f"{alive}, RSS {rss_before} -> {rss_after} MB (<= +10 %)")
+
+    def swap_phase(self, server: ServerProcess, images: list[bytes], model_dir: str,
+                   base: str) -> None:
+        """Version 2 pushed under steady REST load (a quarter of the sustainable rate)."""
+        top = self.best[("rest", "unbatched")]
+        rate = max(LOW_RATE, 0.25 * top["offered_rps"]) if top else LOW_RATE
+        sender = RestSender(server.rest, images)
+        result = {"api": "rest", "batching": False, "phase": "version swap",
+                  **open_loop(sender, rate, max(3 * self.seconds, 8.0),
+                              during=lambda: copy_version(model_dir, base, 2))}
+        sender.close()
+        deadline = time.monotonic() + 30
+        states = {}
+        while time.monotonic() < deadline:
+            states = {s["version"]: s["state"] for s in
+                      rest_get(server.rest, f"/v1/models/{MODEL_NAME}")[1].get(
+                          "model_version_status", [])}
+            if states.get("2") == "AVAILABLE" and states.get("1") == "END":
+                break
+            time.sleep(0.2)
+        self.row({**result, "versions": states})
+        lost = result["requests"] - result["ok"]
+        self.check("version swap", lost == 0 and states.get("2") == "AVAILABLE",
+                   f"{result['requests']} requests at {result['offered_rps']} rps while "
+                   f"version 2 was pushed: {lost} lost; states after {states}")
+        shutil.rmtree(os.path.join(base, "2"))
+
+    def batched_phase(self, base: str, work: str, images: list[bytes]) -> None:
+        server = ServerProcess(base, work, batching_threads=os.cpu_count() or 1)
         try:
-            for api, make in (("rest", RestSender), ("grpc", GrpcSender)):
-                sender = make(server.rest if api == "rest" else server.grpc, images)
+            for api, sender in self.senders(server, images):
                 label = {"api": api, "batching": True}
                 open_loop(sender, LOW_RATE, 1.0)
-                best[(api, "batched")] = ladder(sender, seconds, label, rows)
-                unbatched = best[(api, "unbatched")]
+                self.best[(api, "batched")] = ladder(sender, self.seconds, label, self.rows)
+                unbatched = self.best[(api, "unbatched")]
                 if unbatched is None:
-                    check(f"batching {api}", False, "no unbatched sustainable rate")
+                    self.check(f"batching {api}", False, "no unbatched sustainable rate")
                     sender.close()
                     continue
                 target = 2 * unbatched["offered_rps"]
-                result = {**label, "phase": "2x unbatched max",
-                          **open_loop(sender, target, max(seconds, 3.0))}
-                rows.append(result)
-                print(_row(result), flush=True)
+                result = self.row({**label, "phase": "2x unbatched max",
+                                   **open_loop(sender, target, max(self.seconds, 3.0))})
                 sender.close()
                 ok = (result["error_rate"] <= MAX_ERROR_RATE
                       and result["throughput_rps"] >= 0.95 * target
                       and result["p99_ms"] is not None
                       and result["p99_ms"] <= unbatched["p99_ms"])
-                check(f"batching {api}", ok,
-                      f"batched at {target} rps (2x unbatched max {unbatched['offered_rps']}): "
-                      f"{result['throughput_rps']} rps, errors {result['error_rate']:.2%}, "
-                      f"p99 {result['p99_ms']} ms vs unbatched p99 {unbatched['p99_ms']} ms")
+                self.check(f"batching {api}", ok,
+                           f"batched at {target} rps (2x unbatched max "
+                           f"{unbatched['offered_rps']}): {result['throughput_rps']} rps, "
+                           f"errors {result['error_rate']:.2%}, p99 {result['p99_ms']} ms vs "
+                           f"unbatched p99 {unbatched['p99_ms']} ms")
         finally:
-            report["batched_exit_code"] = server.stop()
-        report["max_sustainable_rps"] = {f"{api} {mode}": (r["offered_rps"] if r else None)
-                                         for (api, mode), r in best.items()}
+            self.report["batched_exit_code"] = server.stop()
 
-        # ---- TFLite backend on the edge bundle
-        edge = tflite_bundle(args.edge_base_path, args.home)
+    def tflite_phase(self, work: str, images: list[bytes]) -> None:
+        """The TFLite backend on the home's edge bundle, if there is one."""
+        edge = tflite_bundle(self.args.edge_base_path, self.args.home)
         if edge is None:
-            notes.append("TFLite backend skipped: no edge bundle (model.tflite) under "
-                         f"{args.edge_base_path or 'the home edge directory'}")
-            print(notes[-1], flush=True)
-        else:
-            edge_dir, variant = edge
-            edge_base = os.path.join(work, "edge", MODEL_NAME)
-            shutil.copytree(edge_dir, os.path.join(edge_base, "1"))
-            raw_t = {**raw_floor("tflite", os.path.join(edge_dir, "model.tflite"), images,
-                                 seconds, LOW_RATE), "backend": f"tflite {variant}"}
-            rows.append(raw_t)
-            print(_row(raw_t), flush=True)
-            server = ServerProcess(edge_base, work, backend="tflite")
-            try:
-                for api, make in (("rest", RestSender), ("grpc", GrpcSender)):
-                    sender = make(server.rest if api == "rest" else server.grpc, images)
-                    label = {"api": api, "batching": False, "backend": f"tflite {variant}"}
-                    open_loop(sender, LOW_RATE, 1.0)
-                    low = {**label, "phase": "low load", **open_loop(sender, LOW_RATE, seconds)}
-                    rows.append(low)
-                    print(_row(low), flush=True)
-                    best[(api, "tflite")] = ladder(sender, seconds, label, rows)
-                    sender.close()
-            finally:
-                server.stop()
-
-        report["hey"] = hey_cross_check(base, work, images, seconds)
-    return report
+            self.notes.append("TFLite backend skipped: no edge bundle (model.tflite) under "
+                              f"{self.args.edge_base_path or 'the home edge directory'}")
+            print(self.notes[-1], flush=True)
+            return
+        edge_dir, variant = edge
+        edge_base = os.path.join(work, "edge", MODEL_NAME)
+        shutil.copytree(edge_dir, os.path.join(edge_base, "1"))
+        self.row({**raw_floor("tflite", os.path.join(edge_dir, "model.tflite"), images,
+                              self.seconds, LOW_RATE), "backend": f"tflite {variant}"})
+        server = ServerProcess(edge_base, work, backend="tflite")
+        try:
+            for api, sender in self.senders(server, images):
+                label = {"api": api, "batching": False, "backend": f"tflite {variant}"}
+                open_loop(sender, LOW_RATE, 1.0)
+                self.row({**label, "phase": "low load",
+                          **open_loop(sender, LOW_RATE, self.seconds)})
+                self.best[(api, "tflite")] = ladder(sender, self.seconds, label, self.rows)
+                sender.close()
+        finally:
+            server.stop()
 
 
 def tflite_bundle(edge_base_path: str | None, home: str | None) -> tuple[str, str] | None:
@@ -648,7 +690,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR / "serve_bench.json"))
     args = parser.parse_args()
     started = time.monotonic()
-    report = run(args)
+    report = Bench(args).run()
     report["seconds"] = round(time.monotonic() - started, 1)
     print(f"\n{machine.summary(report['machine'])}; model: {report['model']}")
     print(" | ".join(_HEADER))
