@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -132,6 +133,36 @@ def _dir_bytes(path: str) -> int:
     return sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
 
 
+def _variant_rows(serving_dir: str, paths: dict[str, str], scores: dict, sizes: dict,
+                  image: Any) -> list[dict[str, Any]]:
+    """Size, latency at each thread count and accuracy per variant, SavedModel first."""
+    rows = []
+    for name in (SAVED_MODEL, *paths):
+        overall = scores[name][results.OVERALL]
+        row = {"variant": name, "size_bytes": sizes[name]}
+        for threads in THREADS:
+            latency = (saved_model_latency(serving_dir, threads) if name == SAVED_MODEL
+                       else tflite_latency(paths[name], image, threads))
+            row.update({f"{k}_{threads}t": v for k, v in latency.items()})
+        row.update({k: round(overall[k], 4) for k in ("mAP", "mAP50", "D-ECE")})
+        rows.append(row)
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    float_row = next(r for r in rows if r["variant"] == "float32")
+    qat_row = next(r for r in rows if r["variant"] == "qat_int8")
+    saved_row = rows[0]
+    return {
+        "qat_int8_smaller_than_float32_tflite": round(float_row["size_bytes"]
+                                                      / qat_row["size_bytes"], 2),
+        "qat_int8_smaller_than_saved_model": round(saved_row["size_bytes"]
+                                                   / qat_row["size_bytes"], 2),
+        "qat_int8_speedup_1t": round(float_row["p50_ms_1t"] / qat_row["p50_ms_1t"], 2),
+        "qat_int8_map_change_points": round(100 * (qat_row["mAP"] - saved_row["mAP"]), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported SavedModel dir (default: train one)")
@@ -165,29 +196,9 @@ def main() -> None:
         image = preprocess_image(first[fs.IMAGE_ENCODED][0], config.input_size)
         sizes = {SAVED_MODEL: _dir_bytes(serving_dir),
                  **{v: len(b) for v, b in variants.items()}}
-        rows = []
-        for name in (SAVED_MODEL, *variants):
-            overall = scores[name][results.OVERALL]
-            row = {"variant": name, "size_bytes": sizes[name]}
-            for threads in THREADS:
-                latency = (saved_model_latency(serving_dir, threads) if name == SAVED_MODEL
-                           else tflite_latency(paths[name], image, threads))
-                row.update({f"{k}_{threads}t": v for k, v in latency.items()})
-            row.update({k: round(overall[k], 4) for k in ("mAP", "mAP50", "D-ECE")})
-            rows.append(row)
+        rows = _variant_rows(serving_dir, paths, scores, sizes, image)
         probe = conv_probe(work)
-
-    float_row = next(r for r in rows if r["variant"] == "float32")
-    qat_row = next(r for r in rows if r["variant"] == "qat_int8")
-    saved_row = rows[0]
-    summary = {
-        "qat_int8_smaller_than_float32_tflite": round(float_row["size_bytes"]
-                                                      / qat_row["size_bytes"], 2),
-        "qat_int8_smaller_than_saved_model": round(saved_row["size_bytes"]
-                                                   / qat_row["size_bytes"], 2),
-        "qat_int8_speedup_1t": round(float_row["p50_ms_1t"] / qat_row["p50_ms_1t"], 2),
-        "qat_int8_map_change_points": round(100 * (qat_row["mAP"] - saved_row["mAP"]), 2),
-    }
+    summary = _summary(rows)
     header = ("variant", "KB", "p50 1t", "p99 1t", "p50 2t", "p99 2t", "mAP", "mAP50", "D-ECE")
     host = machine.describe()
     print(f"\n{machine.summary(host)}; "
@@ -200,8 +211,7 @@ def main() -> None:
     print(f"conv probe ({probe['gflop']} GFLOP, 1 thread): float32 {probe['float32_ms']} ms, "
           f"int8 {probe['int8_ms']} ms -> int8 x{probe['int8_speedup']}")
     print(json.dumps(summary))
-    report = {"machine": host,
-              "dataset": run_config.data.synthetic.key,
+    report = {"machine": host, "dataset": run_config.data.synthetic.key,
               "model": args.model or "trained: default small",
               "qat_epochs": args.qat_epochs, "qat_learning_rate": args.qat_learning_rate,
               "build_seconds": round(build_seconds, 1), "rows": rows, "conv_probe": probe,

@@ -320,7 +320,7 @@ def _ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float:
     return round(slow["evaluator_seconds"] / fast["evaluator_seconds"], 2)
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default", help="pipeline config (default, tiny)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -336,12 +336,59 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.builtin_default_images is None:
+        args.builtin_default_images = DEFAULT_SUBSET_IMAGES if args.config == "default" else 0
+    return args
+
+
+def _measure_all(args: argparse.Namespace, inputs: dict[str, Any], exact: Any,
+                 class_names: list[str], beam_args: list[str]) -> dict[str, dict[str, Any]]:
+    """Every measurement, by key: "full/exact", "full/builtin" and the "subset/..." ones."""
+    measured: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="eval-bench-") as work:
+        def run(key: str, variant: str, eval_config: Any, examples_uri: str,
+                thresholds: int | None) -> None:
+            scope = key.split("/")[0]
+            name = f"{variant}-{scope}-{thresholds or 'na'}"
+            result = measure(name, eval_config, inputs, examples_uri, beam_args, work)
+            measured[key] = {"variant": variant, "scope": scope,
+                             "num_thresholds": thresholds, **result}
+
+        full = inputs["examples_uri"]
+        builtin = builtin_eval_config(exact, class_names, args.num_thresholds)
+        console.print("Full eval split:")
+        run("full/exact", "exact", exact, full, None)
+        run("full/builtin", "builtin", builtin, full, args.num_thresholds)
+        if args.builtin_default_images > 0:
+            n = args.builtin_default_images
+            console.print(f"First {n} eval images:")
+            uri = subset_examples(full, n, os.path.join(work, "subset-examples"))
+            run("subset/exact", "exact", exact, uri, None)
+            run("subset/builtin", "builtin", builtin, uri, args.num_thresholds)
+            run("subset/builtin_default", "builtin", builtin_eval_config(
+                exact, class_names, None), uri, TFMA_DEFAULT_THRESHOLDS)
+    return measured
+
+
+def _ratios(measured: dict[str, dict[str, Any]]) -> dict[str, float]:
+    ratios = {"builtin_over_exact_full": _ratio(measured["full/builtin"],
+                                                measured["full/exact"])}
+    if "subset/exact" in measured:
+        exact, builtin = measured["subset/exact"], measured["subset/builtin"]
+        default = measured["subset/builtin_default"]
+        ratios.update({
+            "builtin_over_exact_subset": _ratio(builtin, exact),
+            "builtin_default_over_exact_subset": _ratio(default, exact),
+            "builtin_default_over_builtin_subset": _ratio(default, builtin),
+        })
+    return ratios
+
+
+def main() -> None:
+    args = _arguments()
     if args.worker:
         worker(args.worker)
         return
-    if args.builtin_default_images is None:
-        args.builtin_default_images = DEFAULT_SUBSET_IMAGES if args.config == "default" else 0
-
     home = configs.home_dir(args.home or os.environ.get(configs.HOME_ENV)
                             or str(ROOT / configs.DEFAULT_HOME))
     config = configs.load(args.config, args.overrides)
@@ -354,62 +401,20 @@ def main() -> None:
     console.print(f"Evaluator benchmark: {config.pipeline_name} run {inputs['run_id']} "
                   f"({inputs['run_status']}) in {home}; model {inputs['model_uri']}; "
                   f"{inputs['eval_images']} eval images; Beam {' '.join(beam_args)}")
-
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="eval-bench-") as work:
-        def run(variant: str, eval_config: Any, examples_uri: str, scope: str,
-                thresholds: int | None) -> dict[str, Any]:
-            name = f"{variant}-{scope}-{thresholds or 'na'}"
-            result = measure(name, eval_config, inputs, examples_uri, beam_args, work)
-            row = {"variant": variant, "scope": scope, "num_thresholds": thresholds, **result}
-            rows.append(row)
-            return row
-
-        full = inputs["examples_uri"]
-        console.print("Full eval split:")
-        exact_full = run("exact", exact, full, "full", None)
-        builtin_full = run("builtin", builtin_eval_config(exact, class_names, args.num_thresholds),
-                           full, "full", args.num_thresholds)
-        subset = {}
-        if args.builtin_default_images > 0:
-            n = args.builtin_default_images
-            console.print(f"First {n} eval images:")
-            uri = subset_examples(full, n, os.path.join(work, "subset-examples"))
-            subset["exact"] = run("exact", exact, uri, "subset", None)
-            subset["builtin"] = run(
-                "builtin", builtin_eval_config(exact, class_names, args.num_thresholds),
-                uri, "subset", args.num_thresholds)
-            subset["builtin_default"] = run(
-                "builtin", builtin_eval_config(exact, class_names, None), uri, "subset",
-                TFMA_DEFAULT_THRESHOLDS)
-
-    ratios = {"builtin_over_exact_full": _ratio(builtin_full, exact_full)}
-    if subset:
-        ratios.update({
-            "builtin_over_exact_subset": _ratio(subset["builtin"], subset["exact"]),
-            "builtin_default_over_exact_subset": _ratio(subset["builtin_default"],
-                                                        subset["exact"]),
-            "builtin_default_over_builtin_subset": _ratio(subset["builtin_default"],
-                                                          subset["builtin"]),
-        })
+    measured = _measure_all(args, inputs, exact, class_names, beam_args)
+    exact_full, builtin_full = measured["full/exact"], measured["full/builtin"]
     report = {
-        "config": args.config,
-        "overrides": args.overrides,
-        "machine": machine.describe(),
-        "home": home,
-        "run_id": inputs["run_id"],
-        "model_uri": inputs["model_uri"],
-        "examples_uri": inputs["examples_uri"],
-        "eval_images": inputs["eval_images"],
-        "beam_pipeline_args": beam_args,
-        "num_thresholds": args.num_thresholds,
+        "config": args.config, "overrides": args.overrides, "machine": machine.describe(),
+        "home": home, "run_id": inputs["run_id"], "model_uri": inputs["model_uri"],
+        "examples_uri": inputs["examples_uri"], "eval_images": inputs["eval_images"],
+        "beam_pipeline_args": beam_args, "num_thresholds": args.num_thresholds,
         "builtin_default_images": args.builtin_default_images,
         "builtin_config": json.loads(builtin_eval_config(
             exact, class_names, args.num_thresholds).metrics_specs[0].metrics[0].config),
         "pipeline_evaluator_seconds": inputs["pipeline_evaluator_seconds"],
         "pipeline_overall": {k: inputs["pipeline_overall"].get(k) for k in REPORTED},
-        "results": rows,
-        "ratios": ratios,
+        "results": list(measured.values()),
+        "ratios": _ratios(measured),
         "exact_not_slower": exact_full["evaluator_seconds"] <= builtin_full["evaluator_seconds"],
     }
     _print_table(report)

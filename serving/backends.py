@@ -119,7 +119,8 @@ def clean_tf_message(message: str) -> str:
     return useful[0] if useful else message.strip()
 
 
-def _tf_error(error: Exception) -> ServingError:
+def tf_error(error: Exception) -> ServingError:
+    """A TensorFlow error as the ServingError of the same canonical code, message cleaned."""
     import grpc
 
     code = getattr(error, "error_code", None)
@@ -170,7 +171,7 @@ def _saved_model_runner(function, signature_def: meta_graph_pb2.SignatureDef):
         try:
             result = function(**feed)
         except tf.errors.OpError as e:
-            raise _tf_error(e) from None
+            raise tf_error(e) from None
         except (TypeError, ValueError) as e:  # the function rejected the inputs' shapes
             raise invalid_argument(str(e).splitlines()[0]) from None
         return {k: result[k].numpy() for k in outputs}

@@ -79,14 +79,17 @@ class BatchScheduler:
     def queue_depth(self) -> int:
         return self._enqueued_tasks
 
+    def _full_message(self) -> str:
+        return ("The batch scheduling queue to which this task was submitted is full; "
+                f"currently {len(self._batches)} batches enqueued and "
+                f"max_enqueued_batches is {self._config.max_enqueued_batches}")
+
     def full(self) -> str | None:
         """TF's queue-full message if not even a one-item request would be accepted now."""
         with self._cv:
             if (len(self._batches) >= self._config.max_enqueued_batches
                     and self._open_sizes[-1] >= self._config.max_batch_size):
-                return ("The batch scheduling queue to which this task was submitted is full; "
-                        f"currently {len(self._batches)} batches enqueued and "
-                        f"max_enqueued_batches is {self._config.max_enqueued_batches}")
+                return self._full_message()
         return None
 
     def schedule(self, inputs: dict[str, np.ndarray], deadline: float
@@ -103,10 +106,7 @@ class BatchScheduler:
                 raise unavailable("The batch scheduler is shutting down")
             if self._open_sizes[-1] + size > limit:
                 if len(self._batches) >= self._config.max_enqueued_batches:
-                    raise unavailable(
-                        "The batch scheduling queue to which this task was submitted is "
-                        f"full; currently {len(self._batches)} batches enqueued and "
-                        f"max_enqueued_batches is {self._config.max_enqueued_batches}")
+                    raise unavailable(self._full_message())
                 self._batches.append([])
                 self._open_sizes.append(0)
             if not self._batches[-1]:
@@ -239,16 +239,19 @@ class DirectRunner:
                     f"this model version (max_in_flight is {self._max})")
         return None
 
-    def schedule(self, inputs: dict[str, np.ndarray], deadline: float
-                 ) -> concurrent.futures.Future:
+    def _admit(self) -> None:
+        """Counts a request in, or raises UNAVAILABLE if ``max_in_flight`` are already in."""
         with self._lock:
-            if self._in_flight >= self._max:
-                raise unavailable(
-                    f"The server is overloaded: {self._in_flight} requests in flight for "
-                    f"this model version (max_in_flight is {self._max})")
+            refusal = self.full()
+            if refusal:
+                raise unavailable(refusal)
             self._in_flight += 1
             depth = self._in_flight
         self._on_depth(depth)
+
+    def schedule(self, inputs: dict[str, np.ndarray], deadline: float
+                 ) -> concurrent.futures.Future:
+        self._admit()
         try:
             future = self._pool.submit(self._pooled, inputs, deadline)
         except RuntimeError:
@@ -261,14 +264,7 @@ class DirectRunner:
                    ) -> concurrent.futures.Future:
         """Runs in the calling thread (a gRPC worker that would only wait), under the same
         in-flight bound and with at most ``num_threads`` model calls at once."""
-        with self._lock:
-            if self._in_flight >= self._max:
-                raise unavailable(
-                    f"The server is overloaded: {self._in_flight} requests in flight for "
-                    f"this model version (max_in_flight is {self._max})")
-            self._in_flight += 1
-            depth = self._in_flight
-        self._on_depth(depth)
+        self._admit()
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
             with self._running:

@@ -109,9 +109,8 @@ def serve(port, rest_api_port, host, model_name, model_base_path, model_config_f
           verbose) -> None:
     """Serve the detector over TF Serving's REST and gRPC APIs."""
     _configure_logging(verbose)
-    log = logging.getLogger("sightline.serving")
     from serving import model_config
-    from serving.server import Server, ServerOptions
+    from serving.server import ServerOptions
 
     if batching_parameters_file and not enable_batching:
         raise click.UsageError("--batching_parameters_file is set without --enable_batching "
@@ -127,30 +126,12 @@ def serve(port, rest_api_port, host, model_name, model_base_path, model_config_f
             models = model_config.read_model_server_config(
                 model_config_file, request_log_max_bytes, request_log_include_images)
         else:
-            name = model_name or ("default" if model_base_path else "sightline")
-            base = os.path.abspath(model_base_path or _default_base_path(home, backend))
-            if not os.path.isdir(base):
-                hint = ("push one with `make run` / `sightline run`, or pass --model_base_path"
-                        if not model_base_path else "check --model_base_path")
-                raise click.ClickException(f"no model directory at {base}: {hint}")
-            logging_settings = None
-            if request_log_dir and request_log_sampling_rate > 0:
-                logging_settings = model_config.LoggingSettings(
-                    os.path.join(os.path.abspath(request_log_dir), name),
-                    request_log_sampling_rate, request_log_max_bytes,
-                    request_log_include_images)
-            models = [model_config.ModelSettings(model_config.check_model_name(name), base,
-                                                 logging=logging_settings)]
+            models = [_single_model(model_name, model_base_path, home, backend,
+                                    request_log_dir, request_log_sampling_rate,
+                                    request_log_max_bytes, request_log_include_images)]
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-
-    for m in models:
-        from serving.versions import disk_versions
-
-        if not disk_versions(m.base_path):
-            log.warning("No versions of model %s under %s yet; waiting for one", m.name,
-                        m.base_path)
-    options = ServerOptions(
+    _run_until_signalled(ServerOptions(
         models=models, host=host, grpc_port=port, rest_port=rest_api_port, backend=backend,
         batching=batching, model_config_file=model_config_file,
         model_config_poll_seconds=model_config_file_poll_wait_seconds,
@@ -158,20 +139,52 @@ def serve(port, rest_api_port, host, model_name, model_base_path, model_config_f
         rest_timeout_ms=rest_api_timeout_in_ms, rest_max_body_bytes=rest_api_max_body_bytes,
         grpc_max_threads=grpc_max_threads, max_in_flight=max_in_flight,
         request_log_max_bytes=request_log_max_bytes,
-        request_log_include_images=request_log_include_images)
+        request_log_include_images=request_log_include_images))
+
+
+def _single_model(model_name: str | None, model_base_path: str | None, home: str | None,
+                  backend: str, log_dir: str | None, sampling_rate: float, max_bytes: int,
+                  include_images: bool):
+    """The one model of --model_name / --model_base_path (default: the home's model)."""
+    from serving import model_config
+
+    name = model_name or ("default" if model_base_path else "sightline")
+    base = os.path.abspath(model_base_path or _default_base_path(home, backend))
+    if not os.path.isdir(base):
+        hint = ("push one with `make run` / `sightline run`, or pass --model_base_path"
+                if not model_base_path else "check --model_base_path")
+        raise click.ClickException(f"no model directory at {base}: {hint}")
+    logging_settings = None
+    if log_dir and sampling_rate > 0:
+        logging_settings = model_config.LoggingSettings(
+            os.path.join(os.path.abspath(log_dir), name), sampling_rate, max_bytes,
+            include_images)
+    return model_config.ModelSettings(model_config.check_model_name(name), base,
+                                      logging=logging_settings)
+
+
+def _run_until_signalled(options) -> None:
+    """Starts the server, serves until SIGTERM/SIGINT, then stops it gracefully."""
+    from serving.errors import ServingError
+    from serving.server import Server
+    from serving.versions import disk_versions
+
+    log = logging.getLogger("sightline.serving")
+    for m in options.models:
+        if not disk_versions(m.base_path):
+            log.warning("No versions of model %s under %s yet; waiting for one", m.name,
+                        m.base_path)
     server = Server(options)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    from serving.errors import ServingError
-
     try:
         server.start()
     except (OSError, ServingError) as e:
         server.stop()
         raise click.ClickException(f"cannot start: {e}") from None
-    log.info("Ready (backend %s, batching %s); SIGTERM or Ctrl-C stops", backend,
-             "on" if batching else "off")
+    log.info("Ready (backend %s, batching %s); SIGTERM or Ctrl-C stops", options.backend,
+             "on" if options.batching else "off")
     while not stop.wait(0.5):
         pass
     server.stop()

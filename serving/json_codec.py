@@ -284,9 +284,8 @@ def _status_text(error: Exception) -> str:
 def format_floats(flat: np.ndarray) -> list[str]:
     """TF Serving's WriteDecimal for every value of a float32/float64 vector.
 
-    Each distinct bit pattern is formatted once (detections repeat: ``detections``
-    holds the same boxes and scores as ``detection_boxes``/``detection_scores``, and
-    padding rows are zeros); then ``%g`` per value, one numpy parse to find the values
+    Each distinct bit pattern is formatted once (the padding rows past
+    ``num_detections`` are all zeros); then ``%g`` per value, one numpy parse to find the values
     that need ``%.9g`` (``%.17g`` for doubles), and fix-ups only for the few whole or
     non-finite values.
     """

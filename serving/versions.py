@@ -208,7 +208,7 @@ class ModelManager:
         except Exception as e:  # a broken version must never take the server down
             if servable is not None:
                 servable.close()
-            error = e if isinstance(e, ServingError) else backends._tf_error(e)
+            error = e if isinstance(e, ServingError) else backends.tf_error(e)
             if not isinstance(e, ServingError) and error.code == grpc.StatusCode.INTERNAL:
                 error = ServingError(grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}")
             self._status[version] = VersionStatus(version, State.END, error.code,

@@ -109,6 +109,20 @@ def test_bad_bytes_raise_value_error(encoded, problem):
         preprocess_image(encoded, 32)
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "BMP"])
+def test_training_and_edge_preprocessing_both_refuse_other_formats(fmt):
+    import tensorflow as tf
+
+    from trainer.preprocess import NOT_JPEG_OR_PNG
+    from trainer.preprocess import preprocess_image as tf_preprocess
+
+    encoded = _encode(Image.fromarray(_noise(34, (16, 16, 3))), fmt)
+    with pytest.raises(ValueError, match=f"unsupported image format {fmt}"):
+        preprocess_image(encoded, 32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=NOT_JPEG_OR_PNG):
+        tf_preprocess(tf.constant(encoded), 32)
+
+
 def test_does_not_import_tensorflow():
     code = (
         "import io, sys\n"

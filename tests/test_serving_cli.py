@@ -7,6 +7,7 @@ import glob
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,6 +40,20 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 90) -> Non
         except OSError:
             time.sleep(0.2)
     raise AssertionError("server did not become ready")
+
+
+def wait_queued(port: int, depth: int, timeout: float = 30) -> None:
+    """Until the server's queue_depth gauge shows ``depth`` requests queued or running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/monitoring/prometheus/metrics")
+        text = conn.getresponse().read().decode()
+        values = re.findall(r"^sightline_serving_queue_depth\{[^}]*\} ([0-9.]+)$", text, re.M)
+        if any(float(v) >= depth for v in values):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the server never had {depth} requests queued")
 
 
 def post(port: int, image: bytes) -> tuple[int, float]:
@@ -74,7 +89,7 @@ def test_sigterm_finishes_in_flight_requests_flushes_logs_and_exits_0(tmp_path, 
         image = big_image()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             pending = [pool.submit(post, rest, image) for _ in range(8)]
-            time.sleep(0.3)  # all eight are in flight or queued
+            wait_queued(rest, 2)  # requests are in flight or queued: stop the server now
             process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             answers = [f.result(60) for f in pending]

@@ -81,4 +81,10 @@ def test_metadata_and_bad_image(server):
     response = conn.getresponse()
     error = json.loads(response.read())["error"]
     assert response.status == 400 and "cannot decode image" in error
+    # A real GIF: refused by this backend as by the SavedModel's (test_serving_rest).
+    conn.request("POST", "/v1/models/det:predict",
+                 json.dumps({"instances": [sf.b64(sf.encode_image(4, "GIF"))]}))
+    response = conn.getresponse()
+    error = json.loads(response.read())["error"]
+    assert response.status == 400 and "expected JPEG or PNG" in error
     conn.close()
