@@ -28,7 +28,6 @@ def _configure_logging(verbose: bool) -> None:
     if not verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s",
                                            "%Y-%m-%d %H:%M:%S"))

@@ -63,7 +63,7 @@ def launch(splits: tuple[str, str], tmp_path: pathlib.Path
     def start(name: str, *args: str, run_dir: str | None = None,
               tf_config: dict | None = None) -> Worker:
         env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-        env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        env.update(TF_CPP_MIN_LOG_LEVEL="2")  # train_worker selects Keras 2 itself
         if tf_config:
             env["TF_CONFIG"] = json.dumps(tf_config)
         report, log = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
