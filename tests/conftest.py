@@ -13,7 +13,7 @@ from tests.coco_fixture import make_bad_coco  # noqa: E402
 # Fixtures that run a real DAG, train a detector or start worker processes (tens of
 # seconds to minutes each): a test using one is slow, so `make test-fast` skips it.
 SLOW_FIXTURES = {"tiny_run", "gated_runs", "drift_runs", "data_runs", "spans", "edge",
-                 "trained", "launch"}
+                 "trained", "launch", "tfma_run"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

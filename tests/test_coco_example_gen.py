@@ -38,6 +38,7 @@ def _read_split(examples, split: str) -> list[tf.train.Example]:
     return [tf.train.Example.FromString(record.numpy()) for record in dataset]
 
 
+@pytest.mark.slow  # a Beam pipeline run
 def test_executor_writes_splits_quarantine_and_hashes(bad_coco, tmp_path):
     examples = _run_executor(str(bad_coco.parent), str(tmp_path / "out"))
 
@@ -60,6 +61,7 @@ def test_executor_writes_splits_quarantine_and_hashes(bad_coco, tmp_path):
     assert all(r["detail"] for r in rows)
 
 
+@pytest.mark.slow  # a Beam pipeline run
 def test_splits_are_decided_by_image_id(bad_coco, tmp_path):
     """The same image lands in the same split on every run."""
     first = _run_executor(str(bad_coco.parent), str(tmp_path / "first"))

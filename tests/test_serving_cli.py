@@ -18,6 +18,8 @@ import pytest
 
 from tests import serving_fixture as sf
 
+pytestmark = pytest.mark.slow  # real server processes, stopped with SIGTERM
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
