@@ -144,9 +144,12 @@ def _data_components(data_root: str, data: DataSettings, drift: DriftSettings,
         psi_threshold=drift.psi_threshold,
         box_fit_tolerance=drift.box_fit_tolerance,
     )
-    # Anomalies (and drift, with on_drift="fail") stop the run here, naming them.
+    # Too little data, anomalies (and drift, with on_drift="fail") stop the run here.
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
-                               drift=drift_check.outputs["drift"], on_drift=drift.on_drift)
+                               drift=drift_check.outputs["drift"], on_drift=drift.on_drift,
+                               examples=example_gen.outputs["examples"],
+                               min_examples_per_split=data.min_examples_per_split,
+                               max_quarantined_fraction=data.max_quarantined_fraction)
     return _DataStage(previous_span, example_gen, statistics_gen, schema_gen,
                       example_validator, drift_check, anomaly_gate)
 

@@ -53,6 +53,10 @@ class DataSettings:
     # Hash buckets per split: an image never changes split as the dataset grows.
     split_buckets: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {"train": 4, "eval": 1})
+    # Stop before training when a split is this small or this share of the listed images
+    # was quarantined: a systematic error (a wrong images root) must not reach the Trainer.
+    min_examples_per_split: int = 8
+    max_quarantined_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +66,11 @@ class DataSettings:
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 1
                for n in self.split_buckets.values()):
             problems.append(f"split_buckets={dict(self.split_buckets)}; buckets must be ints >= 1")
+        if self.min_examples_per_split < 1:
+            problems.append(f"min_examples_per_split={self.min_examples_per_split}; must be >= 1")
+        if not 0 <= self.max_quarantined_fraction <= 1:
+            problems.append(f"max_quarantined_fraction={self.max_quarantined_fraction}; use a "
+                            "share in [0, 1]")
         _require(problems, "data")
 
 

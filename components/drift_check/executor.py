@@ -76,7 +76,9 @@ def check(
         _statistics(statistics, split), _statistics(baseline_stats, split), schema,
         exec_properties[PSI_THRESHOLD_KEY], annotations.feature_values(images),
         annotations.feature_values(baseline_images) if baseline_images else {})
-    report["baseline"] = {"statistics_uri": baseline_stats.uri, "span": baseline_stats.span}
+    # StatisticsGen's artifacts carry span 0; the span is the baseline examples' own.
+    span = baseline_examples.span if baseline_examples is not None else baseline_stats.span
+    report["baseline"] = {"statistics_uri": baseline_stats.uri, "span": span}
     report["features"] = [f.to_dict() for f in features]
     report["drifted_features"] = [f.feature for f in features if f.drifted]
     if baseline_images:
