@@ -39,6 +39,14 @@ def _statistics(artifact: types.Artifact, split: str):
     return tfdv.load_stats_binary(os.path.join(uri, "FeatureStats.pb"))
 
 
+def span_of(artifact: types.Artifact) -> int:
+    """An artifact's span: ExampleGen's driver records it as a custom property, which the
+    ``span`` attribute (the type's property, 0 when unset) does not read."""
+    if artifact.has_custom_property("span"):
+        return artifact.get_int_custom_property("span")
+    return artifact.span
+
+
 def _optional(input_dict: dict[str, list[types.Artifact]], key: str) -> types.Artifact | None:
     artifacts = input_dict.get(key) or []
     return artifacts[0] if artifacts else None
@@ -77,7 +85,7 @@ def check(
         exec_properties[PSI_THRESHOLD_KEY], annotations.feature_values(images),
         annotations.feature_values(baseline_images) if baseline_images else {})
     # StatisticsGen's artifacts carry span 0; the span is the baseline examples' own.
-    span = baseline_examples.span if baseline_examples is not None else baseline_stats.span
+    span = span_of(baseline_examples if baseline_examples is not None else baseline_stats)
     report["baseline"] = {"statistics_uri": baseline_stats.uri, "span": span}
     report["features"] = [f.to_dict() for f in features]
     report["drifted_features"] = [f.feature for f in features if f.drifted]
