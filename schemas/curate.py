@@ -27,6 +27,9 @@ _OBJECT_KEYS = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX, fs.CLASS
 _UNIQUE_PER_IMAGE = (fs.IMAGE_ENCODED, fs.IMAGE_SOURCE_ID, fs.IMAGE_SHA256, fs.IMAGE_FILENAME)
 _UNIT_INTERVAL = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX,
                   fs.STATS_BRIGHTNESS, fs.STATS_CONTRAST)
+# NaN passes every min/max check: these must be finite (ingestion quarantines such boxes;
+# this catches any that reach the statistics another way).
+_FINITE = (*_UNIT_INTERVAL, fs.AREA)
 
 
 def draft_schema(
@@ -42,6 +45,9 @@ def draft_schema(
     for key in _UNIT_INTERVAL:
         features[key].float_domain.min = 0.0
         features[key].float_domain.max = 1.0
+    for key in _FINITE:
+        features[key].float_domain.disallow_nan = True
+        features[key].float_domain.disallow_inf = True
     label = features[fs.CLASS_LABEL]
     label.int_domain.min, label.int_domain.max = 1, len(class_names)
     label.int_domain.is_categorical = True
