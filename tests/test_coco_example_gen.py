@@ -15,7 +15,7 @@ from components.coco_example_gen import CocoExampleGen
 from components.coco_example_gen import executor as coco_executor
 from data import coco
 from data import feature_spec as fs
-from tests.coco_fixture import BAD_RECORDS, GOOD_IMAGES
+from tests.coco_fixture import ANNOTATION_ROWS, BAD_RECORDS, GOOD_IMAGES
 
 
 def _run_executor(input_base: str, output_uri: str, pattern: str = "annotations.json"):
@@ -52,13 +52,20 @@ def test_executor_writes_splits_quarantine_and_hashes(bad_coco, tmp_path):
         )
         assert examples.get_int_custom_property(f"num_examples_{name}") == len(split)
 
+    # One row per bad image (or annotation of no image), counted by its primary reason.
     assert examples.get_int_custom_property("quarantined") == sum(BAD_RECORDS.values())
     assert json.loads(examples.get_string_custom_property("quarantine_reasons")) == BAD_RECORDS
     assert json.loads(examples.get_string_custom_property("label_map")) == ["circle", "square"]
     with open(os.path.join(examples.uri, coco_executor.QUARANTINE_FILE)) as f:
         rows = [json.loads(line) for line in f]
     assert {r["reason"] for r in rows} == set(BAD_RECORDS)
-    assert all(r["detail"] for r in rows)
+    assert all(r["detail"] and r["problems"] for r in rows)
+    # Nothing is lost: kept + quarantined images = listed images.
+    listed = len(json.loads(bad_coco.read_text())["images"])
+    assert examples.get_int_custom_property("listed_images") == listed
+    assert examples.get_int_custom_property("quarantined_images") == (
+        sum(BAD_RECORDS.values()) - ANNOTATION_ROWS)
+    assert GOOD_IMAGES + examples.get_int_custom_property("quarantined_images") == listed
 
 
 @pytest.mark.slow  # a Beam pipeline run

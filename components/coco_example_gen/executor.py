@@ -27,11 +27,14 @@ QUARANTINE_FILE = "quarantine.jsonl"
 SPLIT_DIGEST_DIR = "split_digests"
 SUMMARY_FILE = "ingestion_summary.json"
 LABEL_MAP_FILE = "label_map.json"
+INPUT_FILE = "ingestion_input.json"  # what was read: the annotations, how many images listed
 # Custom properties on the Examples artifact (MLMD); the per-split ones are
 # ``components.release``'s (CONTENT_HASH_PROPERTY, NUM_EXAMPLES_PROPERTY).
-QUARANTINED_PROPERTY = "quarantined"
-QUARANTINE_REASONS_PROPERTY = "quarantine_reasons"
+QUARANTINED_PROPERTY = "quarantined"  # quarantine rows (images, and annotations of no image)
+QUARANTINE_REASONS_PROPERTY = "quarantine_reasons"  # JSON {primary reason: rows}
 LABEL_MAP_PROPERTY = "label_map"
+LISTED_IMAGES_PROPERTY = "listed_images"  # entries in the file's 'images' list
+QUARANTINED_IMAGES_PROPERTY = "quarantined_images"  # of those, how many were quarantined
 
 _REPORT_DIR_KEY = "_sightline_report_dir"  # private exec property, set by Do()
 
@@ -49,9 +52,7 @@ class _ToExample(beam.DoFn):
         try:
             yield coco.record_to_example(record, self._image_dir, self._label_map)
         except coco.RecordError as e:
-            row = coco.Quarantined(
-                record.image["file_name"], record.image["id"], None, e.reason, e.detail
-            )
+            row = coco.quarantine_row(record, e)
             yield beam.pvalue.TaggedOutput(self.QUARANTINE, row.to_json())
 
 
@@ -70,6 +71,9 @@ def _CocoToExample(  # noqa: N802  (Beam PTransform naming)
     tf.io.gfile.makedirs(report_dir)
     with tf.io.gfile.GFile(os.path.join(report_dir, LABEL_MAP_FILE), "w") as f:
         f.write(json.dumps(list(label_map.names)))
+    with tf.io.gfile.GFile(os.path.join(report_dir, INPUT_FILE), "w") as f:
+        f.write(json.dumps({"annotations": annotations_path,
+                            "listed_images": len(dataset["images"])}))
     converted = (
         pipeline
         | "Records" >> beam.Create(records, reshuffle=True)
@@ -135,7 +139,11 @@ class Executor(BaseExampleGenExecutor):
 
 
 def _summarize(uri: str, split_names: list[str]) -> dict[str, Any]:
-    """Reads what the Beam pipeline wrote: per-split hashes/counts, quarantine by reason."""
+    """Reads what the Beam pipeline wrote: per-split hashes/counts, quarantine by reason.
+
+    ``quarantine_reasons`` counts rows by their primary reason: a row is one listed image
+    (or one annotation of no listed image), however many rules it broke.
+    """
     splits = {}
     for name in split_names:
         with tf.io.gfile.GFile(os.path.join(uri, SPLIT_DIGEST_DIR, f"{name}.json")) as f:
@@ -146,9 +154,14 @@ def _summarize(uri: str, split_names: list[str]) -> dict[str, Any]:
     reasons = Counter(row["reason"] for row in rows)
     with tf.io.gfile.GFile(os.path.join(uri, LABEL_MAP_FILE)) as f:
         label_map = json.loads(f.read())
+    with tf.io.gfile.GFile(os.path.join(uri, INPUT_FILE)) as f:
+        read = json.loads(f.read())
     return {
         "label_map": label_map,
         "splits": splits,
+        "annotations": read["annotations"],
+        "listed_images": read["listed_images"],
+        "quarantined_images": sum(row["record"] == coco.IMAGE_RECORD for row in rows),
         "quarantined": len(rows),
         "quarantine_reasons": dict(sorted(reasons.items())),
         "quarantine_report": os.path.join(uri, QUARANTINE_FILE),
@@ -169,5 +182,7 @@ def _record_summary(examples: types.Artifact, summary: dict[str, Any]) -> None:
         QUARANTINE_REASONS_PROPERTY, json.dumps(summary["quarantine_reasons"])
     )
     examples.set_string_custom_property(LABEL_MAP_PROPERTY, json.dumps(summary["label_map"]))
+    examples.set_int_custom_property(LISTED_IMAGES_PROPERTY, summary["listed_images"])
+    examples.set_int_custom_property(QUARANTINED_IMAGES_PROPERTY, summary["quarantined_images"])
     with tf.io.gfile.GFile(os.path.join(examples.uri, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True))
