@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from data import feature_spec as fs
 # (the one counted) when a record broke several rules.
 IMAGE_ENTRY_MALFORMED = "image_entry_malformed"  # 'images' entry lacks/mistypes a field
 DUPLICATE_IMAGE_ID = "duplicate_image_id"
+IMAGE_OUTSIDE_ROOT = "image_outside_root"  # file_name leads outside the images root
 IMAGE_FILE_MISSING = "image_file_missing"
 IMAGE_FILE_UNREADABLE = "image_file_unreadable"  # exists, but is a folder or not permitted
 IMAGE_UNDECODABLE = "image_undecodable"  # empty, truncated or corrupt
@@ -59,6 +61,7 @@ ANNOTATION_BOX_OUTSIDE_IMAGE = "annotation_box_outside_image"
 REASONS = (
     IMAGE_ENTRY_MALFORMED,
     DUPLICATE_IMAGE_ID,
+    IMAGE_OUTSIDE_ROOT,
     IMAGE_FILE_MISSING,
     IMAGE_FILE_UNREADABLE,
     IMAGE_UNDECODABLE,
@@ -79,6 +82,8 @@ IMAGE_FIELDS = ("id", "file_name", "width", "height")
 ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
 # COCO boxes are often rounded outwards by a pixel; beyond this they are wrong.
 BOX_TOLERANCE_PX = 1.0
+# More than this fraction of listed files missing: the images root is probably wrong.
+MISSING_IMAGES_HINT_FRACTION = 0.5
 _IMAGE_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 
 
@@ -409,6 +414,71 @@ def image_statistics(pixels: np.ndarray) -> dict[str, float]:
     return {fs.STATS_BRIGHTNESS: float(gray.mean()), fs.STATS_CONTRAST: float(gray.std())}
 
 
+# --- image files: where they may be read from ------------------------------------------------
+
+
+def is_uri(path: str) -> bool:
+    """A filesystem URI such as ``gs://bucket/x``: no symlinks, no ``os.path`` semantics."""
+    return "://" in path
+
+
+def join_path(base: str, path: str) -> str:
+    """``path`` relative to ``base``; an absolute path or URI is kept as it is."""
+    if is_uri(path) or os.path.isabs(path):
+        return path
+    return posixpath.join(base, path) if is_uri(base) else os.path.join(base, path)
+
+
+def resolve_image_path(file_name: str, images_root: str, allow_absolute_paths: bool = False
+                       ) -> str:
+    """Where an image entry's file is read from; RecordError if that is outside the root.
+
+    A relative ``file_name`` must stay under ``images_root`` (``../`` may not climb out).
+    An absolute one (or a URI) is read only if it lies under the root too, unless
+    ``allow_absolute_paths``: then it is read as given (datasets spread over mounts).
+
+    Symlinks: local paths are compared after ``os.path.realpath``, so a symlink inside the
+    root that leads outside it is refused like ``../`` is. The root is the boundary of what
+    a dataset (perhaps someone else's upload) may make the pipeline read; a root that is
+    itself a symlink is resolved first, so reaching the dataset through one works. To read
+    images that live elsewhere, point the images root at them. URIs (``gs://``...) have no
+    symlinks and are compared after normalising ``..``.
+    """
+    images_root = images_root or "."
+    absolute = is_uri(file_name) or os.path.isabs(file_name)
+    if absolute and allow_absolute_paths:
+        return file_name
+    path = join_path(images_root, file_name)
+    if not _within(path, images_root):
+        root = _resolved(images_root)
+        if absolute:
+            raise RecordError(IMAGE_OUTSIDE_ROOT, (
+                f"{file_name}: an absolute path outside the images root {root}; set "
+                "data.allow_absolute_paths=true to read absolute paths as given"))
+        raise RecordError(IMAGE_OUTSIDE_ROOT, (
+            f"{file_name}: resolves to {_resolved(path)}, outside the images root {root}"))
+    return path
+
+
+def _resolved(path: str) -> str:
+    if is_uri(path):
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.realpath(path)
+
+
+def _within(path: str, root: str) -> bool:
+    if is_uri(path) != is_uri(root):
+        return False
+    path, root = _resolved(path), _resolved(root)
+    if is_uri(root):
+        (path_scheme, path), (root_scheme, root) = path.split("://", 1), root.split("://", 1)
+        if path_scheme != root_scheme:
+            return False
+        return posixpath.commonpath([root, path]) == root
+    return os.path.commonpath([root, path]) == root
+
+
 # --- one record -> one tf.Example -------------------------------------------------------------
 
 
@@ -418,20 +488,21 @@ def quarantine_row(record: ImageRecord, error: RecordError) -> Quarantined:
                           [Problem(error.reason, error.detail)])
 
 
-def record_to_example(record: ImageRecord, image_dir: str, label_map: LabelMap
-                      ) -> tf.train.Example:
+def record_to_example(record: ImageRecord, images_root: str, label_map: LabelMap,
+                      allow_absolute_paths: bool = False) -> tf.train.Example:
     """Reads one image and builds its tf.Example; raises RecordError if it is unusable.
 
     Args:
       record: a record ``plan_records`` kept.
-      image_dir: the folder ``file_name`` is relative to.
+      images_root: the folder ``file_name`` is relative to (see ``resolve_image_path``).
       label_map: the dataset's label map.
+      allow_absolute_paths: read absolute ``file_name`` entries as given.
 
     Returns:
       The record's tf.Example, boxes in ``data.boxes.YXYX``.
     """
     img = record.image
-    path = os.path.join(image_dir, img["file_name"])
+    path = resolve_image_path(img["file_name"], images_root, allow_absolute_paths)
     encoded = _read_image(path)
     image_format, pixels = _decode_image(path, encoded)
     height, width = pixels.shape[:2]
@@ -500,6 +571,21 @@ def _decode_image(path: str, encoded: bytes) -> tuple[str, np.ndarray]:
     # PIL's errors for truncated, corrupt or absurdly large files.
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise RecordError(IMAGE_UNDECODABLE, f"{path}: cannot decode image ({e})") from e
+
+
+def missing_images_hint(missing_files: Sequence[str], listed_images: int,
+                        images_root: str) -> str | None:
+    """A sentence for when most listed image files are missing: the root is probably wrong."""
+    if not listed_images or len(missing_files) <= MISSING_IMAGES_HINT_FRACTION * listed_images:
+        return None
+    example = min(missing_files)
+    return (
+        f"{len(missing_files)} of {listed_images} listed image files were not found under the "
+        f"images root {images_root} (e.g. {example!r} was looked for at "
+        f"{join_path(images_root, example)}); the images root is probably wrong: set "
+        "data.images_root (sightline run --images DIR) to the folder the 'file_name' entries "
+        "are relative to"
+    )
 
 
 def _meta_value(img: dict[str, Any], field: str) -> str:

@@ -14,6 +14,7 @@ GOOD_IMAGES = 8
 BAD_RECORDS = {
     "image_entry_malformed": 2,  # an entry without 'width', and one that is not an object
     "duplicate_image_id": 2,  # both entries sharing the id
+    "image_outside_root": 2,  # '../outside.jpg' (the file exists) and an absolute path
     "image_file_missing": 1,
     "image_undecodable": 2,  # a corrupt file and a zero-byte file
     "image_format_unsupported": 1,  # a GIF
@@ -37,6 +38,8 @@ MANY_PROBLEMS = [
     (2, "annotation_unknown_category"),
     (2, "annotation_box_outside_image"),
 ]
+OUTSIDE_FILE = "../outside.jpg"  # relative to the dataset folder, which holds the annotations
+ABSOLUTE_FILE = "elsewhere/absolute.jpg"  # beside the dataset folder, named by absolute path
 CATEGORIES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
 
 
@@ -128,4 +131,15 @@ def make_bad_coco(root: pathlib.Path) -> pathlib.Path:
     del images[-1]["width"]
     add_box(115, [5.0, 5.0, 10.0, 10.0])
     images.append(None)  # an entry that is not an object
+    # Names leading outside the dataset folder; the files exist, so only the rule stops them.
+    (root.parent / "elsewhere").mkdir(parents=True, exist_ok=True)
+    (root.parent / OUTSIDE_FILE.removeprefix("../")).write_bytes(jpeg_bytes(64, 48, 116))
+    add_image(116, OUTSIDE_FILE, payload=b"")
+    del files[OUTSIDE_FILE]
+    add_box(116, [5.0, 5.0, 10.0, 10.0])
+    absolute = root.parent / ABSOLUTE_FILE
+    absolute.write_bytes(jpeg_bytes(64, 48, 117))
+    add_image(117, str(absolute), payload=b"")
+    del files[str(absolute)]
+    add_box(117, [5.0, 5.0, 10.0, 10.0])
     return write_coco(root, images, annotations, files)

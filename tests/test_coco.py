@@ -19,6 +19,7 @@ from tests.coco_fixture import (
     GOOD_IMAGES,
     MANY_PROBLEMS,
     MANY_PROBLEMS_FILE,
+    OUTSIDE_FILE,
     jpeg_bytes,
     make_bad_coco,
     write_coco,
@@ -30,14 +31,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGEST_BEFORE_HARDENING = "cf35a08fda459304fcd82b5bb232afed241bc7f9cd65ea73bfd0a9723f7d8782"
 
 
-def _convert_all(path):
+def _convert_all(path, images_root=None, allow_absolute_paths=False):
     dataset = coco.load_annotations(str(path))
     label_map = coco.label_map_of(dataset)
     records, quarantined = coco.plan_records(dataset, label_map)
     examples = []
     for record in records:
         try:
-            examples.append(coco.record_to_example(record, os.path.dirname(path), label_map))
+            examples.append(coco.record_to_example(
+                record, images_root or os.path.dirname(path), label_map, allow_absolute_paths))
         except coco.RecordError as e:
             quarantined.append(coco.quarantine_row(record, e))
     return dataset, examples, quarantined
@@ -260,6 +262,82 @@ def test_entries_lacking_fields_are_quarantined_naming_what_they_lack(tmp_path):
         assert fragment in rows[key], (key, rows[key])
     image_rows = [q for q in quarantined if q.record == coco.IMAGE_RECORD]
     assert len(examples) + len(image_rows) == len(dataset["images"])
+
+
+def test_allow_absolute_paths_reads_absolute_file_names_only(bad_coco):
+    _, examples, quarantined = _convert_all(bad_coco, allow_absolute_paths=True)
+    assert len(examples) == GOOD_IMAGES + 1  # the absolute one
+    assert [q.file for q in quarantined if q.reason == coco.IMAGE_OUTSIDE_ROOT] == [OUTSIDE_FILE]
+
+
+def test_the_images_root_is_where_file_names_are_read(tmp_path):
+    """The usual COCO layout: annotations/instances_train.json, images in train/."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in (1, 2)]
+    files = {f"train/{i}.jpg": jpeg_bytes(64, 48, i) for i in (1, 2)}
+    annotations = [{"id": i, "image_id": i, **GOOD_BOX} for i in (1, 2)]
+    path = write_coco(tmp_path, images, annotations, files, name="annotations/instances.json")
+    _, examples, quarantined = _convert_all(path)
+    assert not examples and {q.reason for q in quarantined} == {coco.IMAGE_FILE_MISSING}
+    _, examples, quarantined = _convert_all(path, images_root=str(tmp_path / "train"))
+    assert len(examples) == 2 and not quarantined
+
+
+def test_missing_images_hint_names_the_root_and_a_file():
+    assert coco.missing_images_hint(["b.jpg"], 2, "/data/annotations") is None  # half: no hint
+    hint = coco.missing_images_hint(["b.jpg", "a.jpg"], 3, "/data/annotations")
+    assert "2 of 3 listed image files were not found under the images root " \
+        "/data/annotations" in hint
+    assert "'a.jpg' was looked for at /data/annotations/a.jpg" in hint
+    assert "the images root is probably wrong" in hint and "--images" in hint
+    assert coco.missing_images_hint([], 0, "/x") is None
+
+
+@pytest.mark.parametrize(
+    "file_name", ["../outside.jpg", "../../outside.jpg", "images/../../outside.jpg", ".."]
+)
+def test_file_names_may_not_climb_out_of_the_images_root(tmp_path, file_name):
+    root = tmp_path / "data" / "root"
+    (root / "images").mkdir(parents=True)
+    for allow_absolute_paths in (False, True):  # relative names never leave the root
+        with pytest.raises(coco.RecordError) as error:
+            coco.resolve_image_path(file_name, str(root), allow_absolute_paths)
+        assert error.value.reason == coco.IMAGE_OUTSIDE_ROOT
+        assert f"outside the images root {os.path.realpath(root)}" in error.value.detail
+    assert coco.resolve_image_path("images/../a.jpg", str(root)) == str(root / "images/../a.jpg")
+
+
+def test_absolute_file_names_need_allow_absolute_paths(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "mnt" / "a.jpg"
+    root.mkdir()
+    with pytest.raises(coco.RecordError) as error:
+        coco.resolve_image_path(str(elsewhere), str(root))
+    assert error.value.reason == coco.IMAGE_OUTSIDE_ROOT
+    assert "set data.allow_absolute_paths=true" in error.value.detail
+    assert coco.resolve_image_path(str(elsewhere), str(root), True) == str(elsewhere)
+    inside = str(root / "images" / "a.jpg")  # absolute, but under the root: always fine
+    assert coco.resolve_image_path(inside, str(root)) == inside
+
+
+def test_symlinks_are_resolved_before_the_root_check(tmp_path):
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    (tmp_path / "secret.jpg").write_bytes(jpeg_bytes(8, 8, 0))
+    (root / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(coco.RecordError) as error:
+        coco.resolve_image_path("images/link.jpg", str(root))
+    assert f"resolves to {os.path.realpath(tmp_path / 'secret.jpg')}" in error.value.detail
+    (tmp_path / "root_link").symlink_to(root)  # a root reached through a symlink is fine
+    (root / "images" / "a.jpg").write_bytes(jpeg_bytes(8, 8, 1))
+    assert coco.resolve_image_path("images/a.jpg", str(tmp_path / "root_link")) == \
+        str(tmp_path / "root_link" / "images" / "a.jpg")
+
+
+def test_uris_are_checked_after_normalising_dot_dots():
+    assert coco.resolve_image_path("images/a.jpg", "gs://b/data") == "gs://b/data/images/a.jpg"
+    for name in ("../x.jpg", "images/../../x.jpg", "gs://other/x.jpg", "/etc/passwd"):
+        with pytest.raises(coco.RecordError, match="outside the images root gs://b/data"):
+            coco.resolve_image_path(name, "gs://b/data")
+    assert coco.resolve_image_path("gs://other/x.jpg", "gs://b/data", True) == "gs://other/x.jpg"
 
 
 def test_digests_of_good_records_are_unchanged():

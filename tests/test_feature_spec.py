@@ -111,3 +111,25 @@ def test_boxes_from_features_follow_the_asked_format():
                                   [[0.2, 0.1, 0.6, 0.5]])
     with pytest.raises(KeyError, match="image/object/bbox/xmax"):
         boxes.from_features({fs.BBOX_XMIN: [0.2], fs.BBOX_YMIN: [0.1]}, boxes.XYXY)
+
+
+@pytest.mark.slow  # a Beam run (TFDV statistics)
+def test_schema_infer_reads_images_from_the_images_root(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+    from tests.coco_fixture import jpeg_bytes, write_coco
+
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in (1, 2)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 16]}
+                   for i in (1, 2)]
+    write_coco(tmp_path, images, annotations, {f"train/{i}.jpg": jpeg_bytes(64, 48, i)
+                                               for i in (1, 2)},
+               name="annotations/instances_train.json")
+    out = str(tmp_path / "draft.pbtxt")
+    result = CliRunner().invoke(main, ["schema", "infer", str(tmp_path), "--pattern",
+                                       "annotations/instances_train.json", "--images", "train",
+                                       "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "(0 records quarantined and not used)" in result.output
+    assert tfdv.get_feature(tfdv.load_schema_text(out), fs.AREA).float_domain.disallow_nan
