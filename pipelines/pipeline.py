@@ -123,7 +123,9 @@ def _data_components(data_root: str, data: DataSettings, drift: DriftSettings,
     # Ingest COCO images and boxes; bad records are quarantined, splits are hashed.
     example_gen = CocoExampleGen(input_base=data_root,
                                  annotations_pattern=data.annotations_pattern,
-                                 split_buckets=dict(data.split_buckets))
+                                 split_buckets=dict(data.split_buckets),
+                                 images_root=data.images_root,
+                                 allow_absolute_paths=data.allow_absolute_paths)
     example_gen.add_upstream_node(previous_span)
     # The reviewed schema, never re-inferred: data changes must show up as anomalies.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)

@@ -48,6 +48,12 @@ class DataSettings:
 
     root: str | None = None  # a COCO dataset folder; None: the synthetic dataset
     annotations_pattern: str = "annotations.json"  # or e.g. 'span-{SPAN}/annotations.json'
+    # The folder image 'file_name' entries are relative to; None: the annotations file's
+    # folder. Relative to `root`; '{SPAN}' is the annotations pattern's span.
+    images_root: str | None = None  # e.g. 'train' beside 'annotations/instances_train.json'
+    # Read absolute 'file_name' entries as given (a dataset spread over mounts); relative
+    # ones may never leave the images root either way.
+    allow_absolute_paths: bool = False
     synthetic: SyntheticData = SyntheticData()
     schema_path: str = DEFAULT_SCHEMA_PATH  # the curated schema; also the label space
     # Hash buckets per split: an image never changes split as the dataset grows.
@@ -60,6 +66,16 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.images_root is not None and not self.images_root:
+            problems.append("images_root=''; leave it unset (None) to read images beside the "
+                            "annotations file")
+        if "{SPAN" in (self.images_root or "") and "{SPAN" not in self.annotations_pattern:
+            problems.append(f"images_root={self.images_root!r} has a span, but "
+                            f"annotations_pattern={self.annotations_pattern!r} has none to "
+                            "take it from")
+        if not isinstance(self.allow_absolute_paths, bool):
+            problems.append(f"allow_absolute_paths={self.allow_absolute_paths!r}; use true or "
+                            "false")
         if set(self.split_buckets) != {"train", "eval"}:
             problems.append(f"split_buckets={dict(self.split_buckets)}; the Trainer and "
                             "Evaluator need exactly the splits 'train' and 'eval'")

@@ -27,6 +27,9 @@ _OBJECT_KEYS = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX, fs.CLASS
 _UNIQUE_PER_IMAGE = (fs.IMAGE_ENCODED, fs.IMAGE_SOURCE_ID, fs.IMAGE_SHA256, fs.IMAGE_FILENAME)
 _UNIT_INTERVAL = (fs.BBOX_XMIN, fs.BBOX_YMIN, fs.BBOX_XMAX, fs.BBOX_YMAX,
                   fs.STATS_BRIGHTNESS, fs.STATS_CONTRAST)
+# NaN passes every min/max check: these must be finite (ingestion quarantines such boxes;
+# this catches any that reach the statistics another way).
+_FINITE = (*_UNIT_INTERVAL, fs.AREA)
 
 
 def draft_schema(
@@ -42,6 +45,9 @@ def draft_schema(
     for key in _UNIT_INTERVAL:
         features[key].float_domain.min = 0.0
         features[key].float_domain.max = 1.0
+    for key in _FINITE:
+        features[key].float_domain.disallow_nan = True
+        features[key].float_domain.disallow_inf = True
     label = features[fs.CLASS_LABEL]
     label.int_domain.min, label.int_domain.max = 1, len(class_names)
     label.int_domain.is_categorical = True
@@ -104,19 +110,20 @@ def class_names_of(schema: schema_pb2.Schema, schema_path: str = "the schema") -
 
 def statistics_of_dataset(
     annotations_path: str, schema: schema_pb2.Schema | None = None,
-    examples_dir: str | None = None,
+    examples_dir: str | None = None, images_root: str | None = None,
 ) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, int]:
     """TFDV statistics of a COCO dataset's tf.Examples, and how many records were quarantined.
 
     With ``schema``, categorical ints (the class label) get value counts, as in the
     pipeline's StatisticsGen. With ``examples_dir``, the tf.Examples are kept there as an
-    ExampleGen-style split (gzipped TFRecords).
+    ExampleGen-style split (gzipped TFRecords). ``images_root`` is the folder image
+    ``file_name`` entries are relative to (default: the annotations file's folder).
     """
     dataset = coco.load_annotations(annotations_path)
     label_map = coco.label_map_of(dataset, annotations_path)
     records, quarantined = coco.plan_records(dataset, label_map)
-    image_dir = os.path.dirname(annotations_path)
-    unreadable = 0
+    image_dir = images_root or os.path.dirname(annotations_path)
+    refused = 0
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = examples_dir or tmp
         os.makedirs(out_dir, exist_ok=True)
@@ -126,18 +133,20 @@ def statistics_of_dataset(
                 try:
                     example = coco.record_to_example(record, image_dir, label_map)
                 except coco.RecordError:
-                    unreadable += 1
+                    refused += 1
                     continue
                 writer.write(example.SerializeToString())
         options = tfdv.StatsOptions(schema=schema) if schema is not None else tfdv.StatsOptions()
         # Beam infers gzip from the ".gz" suffix.
         stats = tfdv.generate_statistics_from_tfrecord(tfrecord, stats_options=options)
-    return stats, len(quarantined) + unreadable
+    return stats, len(quarantined) + refused
 
 
-def draft_from_dataset(annotations_path: str) -> tuple[schema_pb2.Schema, int]:
+def draft_from_dataset(
+    annotations_path: str, images_root: str | None = None
+) -> tuple[schema_pb2.Schema, int]:
     """A draft schema for a COCO dataset, and how many of its records were quarantined."""
     dataset = coco.load_annotations(annotations_path)
     names = coco.label_map_of(dataset, annotations_path).names
-    stats, quarantined = statistics_of_dataset(annotations_path)
+    stats, quarantined = statistics_of_dataset(annotations_path, images_root=images_root)
     return draft_schema(stats, names), quarantined

@@ -47,12 +47,32 @@ def test_overrides_reach_every_section():
         ("beam.direct_running_mode=threads", "use one of ('in_memory', 'multi_processing')"),
         ("beam.extra_args=--runner=X", "expected a JSON list of strings"),
         ('data.split_buckets={"train": 4}', "exactly the splits 'train' and 'eval'"),
+        ("data.images_root=span-{SPAN}/images",
+         "images_root='span-{SPAN}/images' has a span, but annotations_pattern="
+         "'annotations.json' has none"),
+        ("data.allow_absolute_paths=maybe", "expected true or false"),
     ],
 )
 def test_bad_overrides_fail_at_load_naming_the_key(override, message):
     with pytest.raises(ValueError) as error:
         configs.load("default", [override])
     assert message in str(error.value)
+
+
+def test_image_settings_parse():
+    config = configs.load("default", ["data.images_root=train", "data.allow_absolute_paths=true"])
+    assert config.data.images_root == "train" and config.data.allow_absolute_paths is True
+    default = configs.load("default").data
+    assert default.images_root is None and default.allow_absolute_paths is False
+
+
+def test_the_images_flag_sets_data_images_root(tmp_path):
+    # A span without one in the pattern fails at load: the flag reached data.images_root.
+    result = CliRunner().invoke(main, ["run", "--home", str(tmp_path), "--data", str(tmp_path),
+                                       "--images", "span-{SPAN}/images"])
+    assert result.exit_code == 2
+    assert "images_root='span-{SPAN}/images' has a span" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_custom_run_fn_takes_its_own_hparams():

@@ -147,6 +147,15 @@ def test_kubeflow_compile_names_every_component(tmp_path):
     assert "AnomalyGate" in tasks["Trainer"]["dependentTasks"]
 
 
+def test_image_settings_reach_coco_example_gen(tmp_path):
+    config = configs.load("tiny", ["data.images_root=train", "data.allow_absolute_paths=true"])
+    pipeline = local_runner.build(config, configs.Paths(str(tmp_path), config.pipeline_name),
+                                  str(tmp_path / "data"))
+    [example_gen] = [c for c in pipeline.components if c.id == "CocoExampleGen"]
+    assert example_gen.exec_properties["images_root"] == "train"
+    assert example_gen.exec_properties["allow_absolute_paths"] == 1
+
+
 def test_kubeflow_rejects_invalid_pipeline_names(tmp_path):
     config = configs.load("default", ["pipeline_name=my_pipeline"])
     with pytest.raises(ValueError, match="not a valid Kubeflow name"):

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
+from tfx import types
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.component import FileBasedExampleGen
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
+from tfx.types import component_spec, standard_artifacts, standard_component_specs
 
 from components.coco_example_gen import executor
 from data import feature_spec as fs
+
+
+class CocoExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    """FileBasedExampleGen's parameters plus where the images are and how they may be named."""
+
+    PARAMETERS = {
+        **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+        executor.IMAGES_ROOT_KEY: component_spec.ExecutionParameter(type=str, optional=True),
+        # 0/1: an int, because every orchestrator's parameter types include ints.
+        executor.ALLOW_ABSOLUTE_PATHS_KEY: component_spec.ExecutionParameter(
+            type=int, optional=True),
+    }
 
 
 class CocoExampleGen(FileBasedExampleGen):
@@ -18,6 +35,7 @@ class CocoExampleGen(FileBasedExampleGen):
     (e.g. ``span-{SPAN}/annotations.json``) makes scheduled runs pick the latest span.
     """
 
+    SPEC_CLASS = CocoExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(
@@ -25,13 +43,20 @@ class CocoExampleGen(FileBasedExampleGen):
         input_base: str,
         annotations_pattern: str = "annotations.json",
         split_buckets: dict[str, int] | None = None,
+        images_root: str | None = None,
+        allow_absolute_paths: bool = False,
     ):
         """
         Args:
           input_base: folder of the dataset (local path or a filesystem URI like gs://).
-          annotations_pattern: the annotations file relative to input_base; image
-            ``file_name`` entries are relative to the folder of this file.
+          annotations_pattern: the annotations file relative to input_base.
           split_buckets: output split name -> hash buckets; default train 4 : eval 1.
+          images_root: the folder image ``file_name`` entries are relative to; None: the
+            folder of the annotations file. Relative to input_base unless absolute; may
+            hold ``{SPAN}``, resolved to the annotations pattern's span (the standard
+            layout ``annotations/instances_train.json`` + ``train/`` needs ``"train"``).
+          allow_absolute_paths: read absolute ``file_name`` entries as given (a dataset
+            spread over mounts); otherwise only files under the images root are read.
         """
         if not input_base:
             raise ValueError("CocoExampleGen needs input_base: the folder of the COCO dataset")
@@ -40,12 +65,25 @@ class CocoExampleGen(FileBasedExampleGen):
                 f"annotations_pattern {annotations_pattern!r} must name the COCO annotations "
                 "JSON file, e.g. 'annotations.json' or 'span-{SPAN}/annotations.json'"
             )
+        if images_root is not None and not images_root:
+            raise ValueError("images_root='' names no folder: pass None to read images "
+                             "relative to the annotations file's folder")
+        if images_root and re.search(example_gen_utils.SPAN_FULL_REGEX, images_root) and not (
+                re.search(example_gen_utils.SPAN_FULL_REGEX, annotations_pattern)):
+            raise ValueError(
+                f"images_root {images_root!r} has a span but annotations_pattern "
+                f"{annotations_pattern!r} has none to take it from; add '{{SPAN}}' to both, "
+                "e.g. 'span-{SPAN}/annotations.json' and 'span-{SPAN}/images'"
+            )
         split_buckets = split_buckets or {"train": 4, "eval": 1}
         if set(split_buckets) - {"train", "eval"} or not all(n > 0 for n in split_buckets.values()):
             raise ValueError(
                 f"split_buckets {split_buckets} must map 'train'/'eval' to positive bucket counts"
             )
-        super().__init__(
+        coco_parameters = {executor.ALLOW_ABSOLUTE_PATHS_KEY: int(allow_absolute_paths)}
+        if images_root:
+            coco_parameters[executor.IMAGES_ROOT_KEY] = images_root
+        spec = CocoExampleGenSpec(
             input_base=input_base,
             input_config=example_gen_pb2.Input(
                 splits=[example_gen_pb2.Input.Split(name="coco", pattern=annotations_pattern)]
@@ -59,4 +97,11 @@ class CocoExampleGen(FileBasedExampleGen):
                     partition_feature_name=fs.IMAGE_SOURCE_ID,
                 )
             ),
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            examples=types.Channel(type=standard_artifacts.Examples),
+            **coco_parameters,
         )
+        # FileBasedExampleGen.__init__ would build TFX's own spec, which has no room for the
+        # COCO parameters: the spec is built above and handed to the base component directly.
+        base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

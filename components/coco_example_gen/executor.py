@@ -2,19 +2,22 @@
 
 It reuses TFX's ExampleGen machinery (hash splits, span resolution, TFRecord writing)
 and adds what a COCO source needs: per-record validation with a quarantine report,
-and a content hash per split recorded on the Examples artifact in ML Metadata.
+a content hash per split recorded on the Examples artifact in ML Metadata, and a hint
+when most image files are missing (the images root is probably wrong).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
 from tfx import types
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.types import artifact_utils, standard_component_specs
 
@@ -27,11 +30,19 @@ QUARANTINE_FILE = "quarantine.jsonl"
 SPLIT_DIGEST_DIR = "split_digests"
 SUMMARY_FILE = "ingestion_summary.json"
 LABEL_MAP_FILE = "label_map.json"
+INPUT_FILE = "ingestion_input.json"  # what was read: annotations, images root, listed images
+# Execution parameters CocoExampleGen adds to FileBasedExampleGen's.
+IMAGES_ROOT_KEY = "images_root"
+ALLOW_ABSOLUTE_PATHS_KEY = "allow_absolute_paths"
 # Custom properties on the Examples artifact (MLMD); the per-split ones are
 # ``components.release``'s (CONTENT_HASH_PROPERTY, NUM_EXAMPLES_PROPERTY).
-QUARANTINED_PROPERTY = "quarantined"
-QUARANTINE_REASONS_PROPERTY = "quarantine_reasons"
+QUARANTINED_PROPERTY = "quarantined"  # quarantine rows (images, and annotations of no image)
+QUARANTINE_REASONS_PROPERTY = "quarantine_reasons"  # JSON {primary reason: rows}
 LABEL_MAP_PROPERTY = "label_map"
+LISTED_IMAGES_PROPERTY = "listed_images"  # entries in the file's 'images' list
+QUARANTINED_IMAGES_PROPERTY = "quarantined_images"  # of those, how many were quarantined
+IMAGES_ROOT_PROPERTY = "images_root"  # where the image files were looked for
+INGESTION_HINT_PROPERTY = "ingestion_hint"  # set only when there is one (a sentence)
 
 _REPORT_DIR_KEY = "_sightline_report_dir"  # private exec property, set by Do()
 
@@ -41,18 +52,39 @@ class _ToExample(beam.DoFn):
 
     QUARANTINE = "quarantine"
 
-    def __init__(self, image_dir: str, label_map: coco.LabelMap):
-        self._image_dir = image_dir
+    def __init__(self, images_root: str, label_map: coco.LabelMap, allow_absolute_paths: bool):
+        self._images_root = images_root
         self._label_map = label_map
+        self._allow_absolute_paths = allow_absolute_paths
 
     def process(self, record: coco.ImageRecord):
         try:
-            yield coco.record_to_example(record, self._image_dir, self._label_map)
+            yield coco.record_to_example(record, self._images_root, self._label_map,
+                                         self._allow_absolute_paths)
         except coco.RecordError as e:
-            row = coco.Quarantined(
-                record.image["file_name"], record.image["id"], None, e.reason, e.detail
-            )
+            row = coco.quarantine_row(record, e)
             yield beam.pvalue.TaggedOutput(self.QUARANTINE, row.to_json())
+
+
+def images_root_of(exec_properties: dict[str, Any], annotations_path: str) -> str:
+    """The folder image ``file_name`` entries are relative to, for this execution.
+
+    Unset: the annotations file's folder. ``{SPAN}`` (or ``{SPAN:width}``) takes the span
+    the driver resolved for the annotations pattern; a relative root is relative to
+    ``input_base``.
+    """
+    root = exec_properties.get(IMAGES_ROOT_KEY)
+    if not root:
+        return os.path.dirname(annotations_path) or "."
+    if re.search(example_gen_utils.SPAN_FULL_REGEX, root):
+        span = exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME)
+        if span is None:
+            raise ValueError(f"images_root {root!r} names a span, but no span was resolved: "
+                             "the annotations pattern needs '{SPAN}' too")
+        root = example_gen_utils.get_pattern_for_span_version(
+            root, is_match_span=True, is_match_date=False, is_match_version=False,
+            span=int(span), version=None)
+    return coco.join_path(exec_properties[standard_component_specs.INPUT_BASE_KEY], root)
 
 
 @beam.ptransform_fn
@@ -66,15 +98,20 @@ def _CocoToExample(  # noqa: N802  (Beam PTransform naming)
     dataset = coco.load_annotations(annotations_path)  # malformed file: fail the component
     label_map = coco.label_map_of(dataset, annotations_path)
     records, planned_quarantine = coco.plan_records(dataset, label_map)
+    images_root = images_root_of(exec_properties, annotations_path)
     report_dir = exec_properties[_REPORT_DIR_KEY]
     tf.io.gfile.makedirs(report_dir)
     with tf.io.gfile.GFile(os.path.join(report_dir, LABEL_MAP_FILE), "w") as f:
         f.write(json.dumps(list(label_map.names)))
+    with tf.io.gfile.GFile(os.path.join(report_dir, INPUT_FILE), "w") as f:
+        f.write(json.dumps({"annotations": annotations_path, "images_root": images_root,
+                            "listed_images": len(dataset["images"])}))
+    allow_absolute_paths = bool(exec_properties.get(ALLOW_ABSOLUTE_PATHS_KEY))
     converted = (
         pipeline
         | "Records" >> beam.Create(records, reshuffle=True)
         | "ToExample" >> beam.ParDo(
-            _ToExample(os.path.dirname(annotations_path), label_map)
+            _ToExample(images_root, label_map, allow_absolute_paths)
         ).with_outputs(_ToExample.QUARANTINE, main="examples")
     )
     planned = pipeline | "PlannedQuarantine" >> beam.Create(
@@ -135,7 +172,11 @@ class Executor(BaseExampleGenExecutor):
 
 
 def _summarize(uri: str, split_names: list[str]) -> dict[str, Any]:
-    """Reads what the Beam pipeline wrote: per-split hashes/counts, quarantine by reason."""
+    """Reads what the Beam pipeline wrote: per-split hashes/counts, quarantine by reason.
+
+    ``quarantine_reasons`` counts rows by their primary reason: a row is one listed image
+    (or one annotation of no listed image), however many rules it broke.
+    """
     splits = {}
     for name in split_names:
         with tf.io.gfile.GFile(os.path.join(uri, SPLIT_DIGEST_DIR, f"{name}.json")) as f:
@@ -146,12 +187,21 @@ def _summarize(uri: str, split_names: list[str]) -> dict[str, Any]:
     reasons = Counter(row["reason"] for row in rows)
     with tf.io.gfile.GFile(os.path.join(uri, LABEL_MAP_FILE)) as f:
         label_map = json.loads(f.read())
+    with tf.io.gfile.GFile(os.path.join(uri, INPUT_FILE)) as f:
+        read = json.loads(f.read())
+    missing = [row["file"] for row in rows if row["reason"] == coco.IMAGE_FILE_MISSING]
     return {
         "label_map": label_map,
         "splits": splits,
+        "annotations": read["annotations"],
+        "images_root": read["images_root"],
+        "listed_images": read["listed_images"],
+        "quarantined_images": sum(row["record"] == coco.IMAGE_RECORD for row in rows),
         "quarantined": len(rows),
         "quarantine_reasons": dict(sorted(reasons.items())),
         "quarantine_report": os.path.join(uri, QUARANTINE_FILE),
+        "ingestion_hint": coco.missing_images_hint(missing, read["listed_images"],
+                                                   read["images_root"]),
     }
 
 
@@ -169,5 +219,10 @@ def _record_summary(examples: types.Artifact, summary: dict[str, Any]) -> None:
         QUARANTINE_REASONS_PROPERTY, json.dumps(summary["quarantine_reasons"])
     )
     examples.set_string_custom_property(LABEL_MAP_PROPERTY, json.dumps(summary["label_map"]))
+    examples.set_int_custom_property(LISTED_IMAGES_PROPERTY, summary["listed_images"])
+    examples.set_int_custom_property(QUARANTINED_IMAGES_PROPERTY, summary["quarantined_images"])
+    examples.set_string_custom_property(IMAGES_ROOT_PROPERTY, summary["images_root"])
+    if summary["ingestion_hint"]:
+        examples.set_string_custom_property(INGESTION_HINT_PROPERTY, summary["ingestion_hint"])
     with tf.io.gfile.GFile(os.path.join(examples.uri, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True))

@@ -76,14 +76,19 @@ def schema_group() -> None:
 @schema_group.command("infer")
 @click.argument("data_dir")
 @click.option("--pattern", default="annotations.json", show_default=True)
+@click.option("--images", "images_root", default=None, metavar="DIR",
+              help="The folder image file_name entries are relative to, relative to DATA_DIR; "
+              "default: the annotations file's folder.")
 @click.option("--out", default="schema.draft.pbtxt", show_default=True)
-def schema_infer(data_dir, pattern, out) -> None:
+def schema_infer(data_dir, pattern, images_root, out) -> None:
     """Draft a schema from a COCO dataset, for review before it replaces schemas/schema.pbtxt."""
     import tensorflow_data_validation as tfdv
 
     from schemas import curate
 
-    schema, quarantined = curate.draft_from_dataset(os.path.join(data_dir, pattern))
+    schema, quarantined = curate.draft_from_dataset(
+        os.path.join(data_dir, pattern),
+        images_root=os.path.join(data_dir, images_root) if images_root else None)
     tfdv.write_schema_text(schema, out)
     console.print(f"wrote {out} ({quarantined} records quarantined and not used); review the "
                   f"diff against {curate.DEFAULT_SCHEMA_PATH} before adopting it")

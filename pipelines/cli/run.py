@@ -32,16 +32,21 @@ from pipelines.console import library_output_to
               help="A COCO dataset folder instead of the synthetic default (data.root).")
 @click.option("--pattern", default=None, help="Annotations file within --data, e.g. "
               "'span-{SPAN}/annotations.json' (data.annotations_pattern).")
+@click.option("--images", "images_root", default=None, metavar="DIR",
+              help="The folder image file_name entries are relative to, relative to --data "
+              "(data.images_root), e.g. 'train' beside 'annotations/instances_train.json'; "
+              "default: the annotations file's folder.")
 @click.option("--beam-mode", type=click.Choice(["in_memory", "multi_processing"]), default=None,
               help="Beam DirectRunner mode (beam.direct_running_mode).")
 @click.option("--verbose", is_flag=True,
               help="Show TensorFlow, TFX and Beam output here instead of in the run's log file.")
 @home_option
 @json_option
-def run(config_name, overrides, data_root, pattern, beam_mode, verbose, home, as_json) -> None:
+def run(config_name, overrides, data_root, pattern, images_root, beam_mode, verbose, home,
+        as_json) -> None:
     """Run the whole DAG locally and print the run summary."""
     flags = {"data.root": data_root, "data.annotations_pattern": pattern,
-             "beam.direct_running_mode": beam_mode}
+             "data.images_root": images_root, "beam.direct_running_mode": beam_mode}
     config = load_config(config_name, [*overrides, *(f"{k}={v}" for k, v in flags.items() if v)])
     home = configs.home_dir(home)
     paths = configs.Paths(home, config.pipeline_name)
