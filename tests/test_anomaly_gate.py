@@ -22,10 +22,13 @@ def _examples(counts: dict[str, int], quarantined: int, reasons: dict[str, int],
         examples.set_string_custom_property(
             release.CONTENT_HASH_PROPERTY.format(split=split), "h")
     examples.set_int_custom_property(coco_executor.QUARANTINED_PROPERTY, quarantined)
+    examples.set_int_custom_property(coco_executor.QUARANTINED_IMAGES_PROPERTY, quarantined)
+    examples.set_int_custom_property(coco_executor.LISTED_IMAGES_PROPERTY,
+                                     quarantined + sum(counts.values()))
     examples.set_string_custom_property(coco_executor.QUARANTINE_REASONS_PROPERTY,
                                         json.dumps(reasons))
     if hint:
-        examples.set_string_custom_property(executor.INGESTION_HINT_PROPERTY, hint)
+        examples.set_string_custom_property(coco_executor.INGESTION_HINT_PROPERTY, hint)
     return examples
 
 

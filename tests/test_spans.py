@@ -37,3 +37,20 @@ def test_the_drift_gate_names_the_previous_span(span_runs):
     third = span_runs[2]
     assert third["status"] == "failed" and third["failure"]["component"] == "AnomalyGate"
     assert "drifted from the previous data (span 2, split train)" in third["failure"]["error"]
+
+
+def test_a_wrong_images_root_stops_the_run_before_training(tmp_path):
+    """The standard COCO layout without --images: every image is missing, the run stops at
+    AnomalyGate naming the quarantine report, the top reason and the hint."""
+    path = synth.generate(tmp_path / "coco", 48, seed=7)
+    (tmp_path / "coco" / "annotations").mkdir()
+    path.rename(tmp_path / "coco" / "annotations" / "instances_train.json")
+    summary = run_tiny(str(tmp_path / "home"), f"data.root={tmp_path / 'coco'}",
+                       "data.annotations_pattern=annotations/instances_train.json")
+    assert summary["failure"]["component"] == "AnomalyGate"
+    assert "Trainer" not in {c["component"] for c in summary["components"]}
+    error = summary["failure"]["error"]
+    assert "Too little usable data to train on:" in error
+    assert "48 of 48 listed images (100%) were quarantined" in error
+    assert "Top quarantine reasons: image_file_missing (48)" in error
+    assert "quarantine.jsonl" in error and "images root is probably wrong" in error

@@ -29,7 +29,6 @@ DRIFT_KEY = "drift"
 ON_DRIFT_KEY = "on_drift"
 MIN_EXAMPLES_KEY = "min_examples_per_split"
 MAX_QUARANTINED_KEY = "max_quarantined_fraction"
-INGESTION_HINT_PROPERTY = "ingestion_hint"  # CocoExampleGen's guess at a systematic cause
 TOP_REASONS = 3
 DRIFT_ACTIONS = ("fail", "warn")
 _ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes per split
@@ -81,8 +80,8 @@ def describe_data_volume(examples: types.Artifact, splits: list[str], min_exampl
     lines = [f"  split {split!r} has {counts.get(split, 0)} examples; at least {min_examples} "
              "are needed (data.min_examples_per_split)"
              for split in splits if counts.get(split, 0) < min_examples]
-    quarantined = examples.get_int_custom_property(coco_executor.QUARANTINED_PROPERTY)
-    listed = quarantined + sum(counts.values())
+    quarantined = examples.get_int_custom_property(coco_executor.QUARANTINED_IMAGES_PROPERTY)
+    listed = examples.get_int_custom_property(coco_executor.LISTED_IMAGES_PROPERTY)
     if listed and quarantined / listed > max_quarantined_fraction:
         lines.append(f"  {quarantined} of {listed} listed images ({quarantined / listed:.0%}) "
                      f"were quarantined; at most {max_quarantined_fraction:.0%} may be "
@@ -92,7 +91,7 @@ def describe_data_volume(examples: types.Artifact, splits: list[str], min_exampl
     reasons = json.loads(examples.get_string_custom_property(
         coco_executor.QUARANTINE_REASONS_PROPERTY) or "{}")
     top = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:TOP_REASONS]
-    hint = examples.get_string_custom_property(INGESTION_HINT_PROPERTY)
+    hint = examples.get_string_custom_property(coco_executor.INGESTION_HINT_PROPERTY)
     report = os.path.join(examples.uri, coco_executor.QUARANTINE_FILE)
     return "\n".join([
         "Too little usable data to train on:", *lines,
