@@ -58,28 +58,8 @@ class CocoExampleGen(FileBasedExampleGen):
           allow_absolute_paths: read absolute ``file_name`` entries as given (a dataset
             spread over mounts); otherwise only files under the images root are read.
         """
-        if not input_base:
-            raise ValueError("CocoExampleGen needs input_base: the folder of the COCO dataset")
-        if not annotations_pattern.endswith(".json"):
-            raise ValueError(
-                f"annotations_pattern {annotations_pattern!r} must name the COCO annotations "
-                "JSON file, e.g. 'annotations.json' or 'span-{SPAN}/annotations.json'"
-            )
-        if images_root is not None and not images_root:
-            raise ValueError("images_root='' names no folder: pass None to read images "
-                             "relative to the annotations file's folder")
-        if images_root and re.search(example_gen_utils.SPAN_FULL_REGEX, images_root) and not (
-                re.search(example_gen_utils.SPAN_FULL_REGEX, annotations_pattern)):
-            raise ValueError(
-                f"images_root {images_root!r} has a span but annotations_pattern "
-                f"{annotations_pattern!r} has none to take it from; add '{{SPAN}}' to both, "
-                "e.g. 'span-{SPAN}/annotations.json' and 'span-{SPAN}/images'"
-            )
         split_buckets = split_buckets or {"train": 4, "eval": 1}
-        if set(split_buckets) - {"train", "eval"} or not all(n > 0 for n in split_buckets.values()):
-            raise ValueError(
-                f"split_buckets {split_buckets} must map 'train'/'eval' to positive bucket counts"
-            )
+        _check_arguments(input_base, annotations_pattern, split_buckets, images_root)
         coco_parameters = {executor.ALLOW_ABSOLUTE_PATHS_KEY: int(allow_absolute_paths)}
         if images_root:
             coco_parameters[executor.IMAGES_ROOT_KEY] = images_root
@@ -105,3 +85,29 @@ class CocoExampleGen(FileBasedExampleGen):
         # FileBasedExampleGen.__init__ would build TFX's own spec, which has no room for the
         # COCO parameters: the spec is built above and handed to the base component directly.
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
+
+
+def _check_arguments(input_base: str, annotations_pattern: str, split_buckets: dict[str, int],
+                     images_root: str | None) -> None:
+    """Fix-it errors for arguments that would only fail later, inside the executor."""
+    if not input_base:
+        raise ValueError("CocoExampleGen needs input_base: the folder of the COCO dataset")
+    if not annotations_pattern.endswith(".json"):
+        raise ValueError(
+            f"annotations_pattern {annotations_pattern!r} must name the COCO annotations "
+            "JSON file, e.g. 'annotations.json' or 'span-{SPAN}/annotations.json'"
+        )
+    if images_root is not None and not images_root:
+        raise ValueError("images_root='' names no folder: pass None to read images "
+                         "relative to the annotations file's folder")
+    if images_root and re.search(example_gen_utils.SPAN_FULL_REGEX, images_root) and not (
+            re.search(example_gen_utils.SPAN_FULL_REGEX, annotations_pattern)):
+        raise ValueError(
+            f"images_root {images_root!r} has a span but annotations_pattern "
+            f"{annotations_pattern!r} has none to take it from; add '{{SPAN}}' to both, "
+            "e.g. 'span-{SPAN}/annotations.json' and 'span-{SPAN}/images'"
+        )
+    if set(split_buckets) - {"train", "eval"} or not all(n > 0 for n in split_buckets.values()):
+        raise ValueError(
+            f"split_buckets {split_buckets} must map 'train'/'eval' to positive bucket counts"
+        )
