@@ -56,16 +56,6 @@ def _probe(nb) -> dict:
     return json.loads(re.search(r"^PROBE (.*)$", text, re.M).group(1))
 
 
-def _tiny_run(home: str) -> dict:
-    from click.testing import CliRunner
-
-    from pipelines.cli import main
-
-    result = CliRunner().invoke(main, ["run", "--config", "tiny", "--home", home, "--json"])
-    assert result.exit_code == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
 def test_notebook_is_stored_without_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
@@ -128,9 +118,12 @@ def test_tfma_slices_notebook_runs_on_the_tiny_run(tiny_run, tmp_path, monkeypat
 @pytest.mark.slow
 def test_tfma_slices_notebook_shows_the_change_versus_the_baseline(tmp_path, monkeypatch):
     """A second run is evaluated against the first's blessed model ("candidate"/"baseline")."""
+    from tests.oracle_trainer import run_tiny  # no training, no edge branch: seconds
+
     home = str(tmp_path / "home")
-    _tiny_run(home)
-    summary = _tiny_run(home)
+    run_tiny(home)
+    summary = run_tiny(home)
+    assert summary["evaluation"]["baseline_overall"], "the second run needs a baseline"
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     _execute(nb, tmp_path, monkeypatch, home, summary["pipeline"])
