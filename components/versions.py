@@ -17,6 +17,7 @@ from collections.abc import Callable
 from tfx.dsl.io import fileio
 
 _VERSION_NAME = re.compile(r"^\.?(?P<version>\d+)(\.incomplete)?$")
+_STAGE_NAME = re.compile(r"^\.\d+\.incomplete$")
 
 
 def _reserve(base_directory: str) -> tuple[str, str]:
@@ -50,6 +51,20 @@ def _make_exclusive(path: str) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def discard_stages(base_directory: str) -> list[str]:
+    """Removes the staging directories that killed pushes left; returns their names.
+
+    Only while no pusher writes to ``base_directory`` (``sightline run`` holds its home's
+    lock): a live push's stage looks the same.
+    """
+    if not fileio.exists(base_directory):
+        return []
+    stages = sorted(name for name in fileio.listdir(base_directory) if _STAGE_NAME.match(name))
+    for name in stages:
+        fileio.rmtree(os.path.join(base_directory, name))
+    return stages
 
 
 def push_version(base_directory: str, write: Callable[[str, str], None]) -> tuple[str, str]:

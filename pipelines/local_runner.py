@@ -1,4 +1,7 @@
-"""Runs the Sightline DAG locally: LocalDagRunner, Beam DirectRunner, MLMD in SQLite."""
+"""Runs the Sightline DAG locally: LocalDagRunner, Beam DirectRunner, MLMD in SQLite.
+
+One run per home at a time (``run_control``), recorded and resumable (``run_record``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,11 @@ import os
 
 from rich.console import Console
 from tfx import v1 as tfx
+from tfx.dsl.compiler import compiler
+from tfx.proto.orchestration import pipeline_pb2
 
-from pipelines import configs
+from components import versions
+from pipelines import configs, run_control, run_record
 from pipelines.console import component_progress
 from pipelines.pipeline import create_pipeline
 
@@ -46,11 +52,40 @@ def ensure_data(config: configs.RunConfig, paths: configs.Paths, console: Consol
     return root
 
 
-def run(config: configs.RunConfig, home: str, console: Console) -> None:
-    """Runs the whole DAG; raises if a component fails (e.g. the anomaly gate)."""
+def run(config: configs.RunConfig, home: str, console: Console,
+        lock: run_control.HomeLock | None = None) -> run_record.RunStart:
+    """Runs the whole DAG, or resumes its interrupted last run; returns how it started.
+
+    Args:
+      lock: the home's run lock if the caller holds it already (the CLI takes it before
+        opening the run's log); else it is taken here.
+    Raises:
+      run_control.HomeError: the home cannot be written, or another run holds it.
+      run_control.RunFailed: a component failed (e.g. the anomaly gate); its run id and
+        reason, which ML Metadata holds too.
+    """
     paths = configs.Paths(home, config.pipeline_name)
-    data_root = ensure_data(config, paths, console)
-    pipeline = build(config, paths, data_root)
-    console.print(f"Running [bold]{config.pipeline_name}[/] on {data_root}")
-    with component_progress(console):
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+    with run_control.holding(paths, lock) as held:
+        for directory in (paths.serving_model_dir, paths.edge_bundle_dir):
+            for stage in versions.discard_stages(directory):  # a killed push's; never served
+                console.print(f"Removed an unfinished push: {os.path.join(directory, stage)}")
+        data_root = ensure_data(config, paths, console)
+        ir = compiler.Compiler().compile(build(config, paths, data_root))
+        return run_ir(ir, paths.metadata, data_root, held, console)
+
+
+def run_ir(ir: pipeline_pb2.Pipeline, metadata_path: str, data_root: str,
+           lock: run_control.HomeLock, console: Console) -> run_record.RunStart:
+    """Runs a compiled pipeline (its run id not yet substituted) as one recorded run.
+
+    The run id is chosen before LocalDagRunner starts, so the run knows its own record;
+    an interrupted last run of the pipeline is resumed when neither ``ir`` nor the data
+    changed since.
+    """
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+    start = run_record.begin(connection, ir, run_record.fingerprint(ir, data_root))
+    lock.announce(start.run_id, ir.pipeline_info.id)
+    console.print(f"{start.message}\nRunning [bold]{ir.pipeline_info.id}[/] on {data_root}")
+    with run_record.recorded(connection, start.run_id), component_progress(console):
+        tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+    return start

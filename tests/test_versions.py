@@ -69,3 +69,13 @@ def test_concurrent_pushers_never_share_a_version(tmp_path, monkeypatch):
     assert errors == []
     assert sorted(pushed) == [str(1_700_000_000 + i) for i in range(16)]
     assert sorted(os.listdir(tmp_path)) == sorted(pushed)  # no stage left behind
+
+
+def test_stages_of_killed_pushes_are_discarded_and_versions_kept(tmp_path):
+    versions.push_version(str(tmp_path), _write("a"))
+    (tmp_path / ".1900000000.incomplete").mkdir()  # a push killed before its rename
+    (tmp_path / ".1900000000.incomplete" / "variables").mkdir()
+    assert versions.discard_stages(str(tmp_path)) == [".1900000000.incomplete"]
+    assert [name for name in os.listdir(tmp_path) if not name.isdigit()] == []
+    assert len(os.listdir(tmp_path)) == 1
+    assert versions.discard_stages(str(tmp_path / "never-pushed")) == []

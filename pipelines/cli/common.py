@@ -43,6 +43,14 @@ def metadata_path(home: str | None) -> str:
     return configs.Paths(configs.home_dir(home), "").metadata
 
 
+def running_run_id(home: str | None) -> str | None:
+    """The id of the run holding the home now: only it may be shown as "running"."""
+    from pipelines import run_control
+
+    holder = run_control.running_run(configs.home_dir(home))
+    return holder.run_id if holder else None
+
+
 def reports_dir(home: str | None, name: str) -> str:
     return os.path.join(configs.home_dir(home), "reports", name)
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from pipelines.cli.common import console, emit, home_option, json_option, metadata_path, reports_dir
+from pipelines.cli.common import (
+    console,
+    emit,
+    home_option,
+    json_option,
+    metadata_path,
+    reports_dir,
+    running_run_id,
+)
 
 
 @click.group("runs")
@@ -19,7 +27,8 @@ def runs_list(home, as_json) -> None:
     """Runs, newest first."""
     from pipelines.reports import runs, terminal
 
-    emit(runs.list_runs(runs.connect(metadata_path(home))), as_json, terminal.print_runs)
+    emit(runs.list_runs(runs.connect(metadata_path(home)), running_run_id(home)), as_json,
+         terminal.print_runs)
 
 
 @runs_group.command("show")
@@ -30,8 +39,8 @@ def runs_show(run_id, home, as_json) -> None:
     """Summary of one run (default: the latest)."""
     from pipelines.reports import runs, terminal
 
-    emit(runs.summarize(runs.connect(metadata_path(home)), run_id), as_json,
-         terminal.print_summary)
+    emit(runs.summarize(runs.connect(metadata_path(home)), run_id, running_run_id(home)),
+         as_json, terminal.print_summary)
 
 
 @click.command()
@@ -43,7 +52,7 @@ def report(run_id, out_dir, home) -> None:
     """An evaluation report for a run: slices, per-class AP, PR curves, calibration."""
     from pipelines.reports import evaluation, runs
 
-    summary = runs.summarize(runs.connect(metadata_path(home)), run_id)
+    summary = runs.summarize(runs.connect(metadata_path(home)), run_id, running_run_id(home))
     try:
         out_dir = out_dir or reports_dir(home, summary["run_id"].replace(":", "-"))
         html_path, json_path = evaluation.write(summary, out_dir)

@@ -9,10 +9,11 @@ import sys
 import time
 
 import click
+from absl import logging as absl_logging
 from rich.console import Console
 from rich.markup import escape
 
-from pipelines import configs
+from pipelines import configs, run_control
 from pipelines.cli.common import (
     config_option,
     console,
@@ -50,12 +51,13 @@ def run(config_name, overrides, data_root, pattern, images_root, beam_mode, verb
     config = load_config(config_name, [*overrides, *(f"{k}={v}" for k, v in flags.items() if v)])
     home = configs.home_dir(home)
     paths = configs.Paths(home, config.pipeline_name)
+    lock = _claim_home(paths)  # before the log: a refused run writes nothing
     log_path = None if verbose else os.path.join(
         paths.logs, f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     # With --json stdout carries the summary alone; Keras and Beam print progress there.
     keep_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    failed = None
-    with keep_stdout, library_output_to(log_path) as terminal:
+    run_id, failed, summary = None, None, None
+    with lock, keep_stdout, library_output_to(log_path) as terminal:
         out = Console(file=terminal, soft_wrap=True)
         if log_path:
             out.print(f"Library output goes to {log_path} (--verbose shows it here)")
@@ -63,20 +65,30 @@ def run(config_name, overrides, data_root, pattern, images_root, beam_mode, verb
         from pipelines.reports import runs
 
         try:
-            local_runner.run(config, home, out)
-        except Exception as e:  # the summary below names the component and the reason
-            failed = e
-        summary = runs.summarize(runs.connect(paths.metadata))
-    if failed is not None and not summary.get("failure", {}).get("error", True):
-        # TFX records no message for some failures (e.g. an unimportable run_fn).
-        summary["failure"]["error"] = f"{type(failed).__name__}: {failed}"
+            run_id = local_runner.run(config, home, out, lock).run_id
+        except run_control.RunFailed as e:  # the summary below names the component and the reason
+            run_id, failed = e.run_id, e.reason
+        except Exception as e:  # before the run was recorded, e.g. generating the data
+            absl_logging.error("Run failed before it started", exc_info=e)  # to the log
+            failed = run_control.describe_error(e)
+        if run_id:
+            summary = runs.summarize(runs.connect(paths.metadata), run_id)
     from pipelines.reports.terminal import print_summary
 
-    emit(summary, as_json, print_summary)
+    if summary:
+        emit(summary, as_json, print_summary)
     if failed is not None:
-        if "failure" not in summary:
-            console.print(f"[red]Run failed:[/] {escape(str(failed))}")
+        if not summary or "failure" not in summary:
+            console.print(f"[red]Run failed:[/] {escape(failed)}")
         sys.exit(1)
+
+
+def _claim_home(paths: configs.Paths) -> run_control.HomeLock:
+    """The home, writable and locked for this run; else a one-line error (no traceback)."""
+    try:
+        return run_control.claim_home(paths)
+    except run_control.HomeError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @click.command("compile")

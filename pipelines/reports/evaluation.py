@@ -32,10 +32,12 @@ def build(summary: dict[str, Any], min_class_objects: int = MIN_CLASS_OBJECTS) -
     """The report's content as JSON-able data, from a run summary (``runs.summarize``)."""
     evaluation = summary.get("evaluation")
     if not evaluation:
-        where = summary.get("failure", {}).get("component", "before the Evaluator")
+        failure = summary.get("failure") or {}
+        where = failure.get("component") or "before the Evaluator"
+        why = f": {failure['error']}" if failure.get("error") else ""
         raise NoEvaluationError(
             f"run {summary['run_id']} has no evaluation (status {summary['status']}, "
-            f"stopped at {where}): nothing to report")
+            f"stopped at {where}{why}): nothing to report")
     loaded = eval_results.load_metrics(evaluation["uri"])
     candidate = loaded[eval_results.CANDIDATE]
     baseline = loaded[eval_results.BASELINE]

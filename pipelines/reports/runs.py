@@ -22,6 +22,7 @@ from components.drift_check import DataDrift
 from components.drift_check import executor as drift_executor
 from components.edge_optimizer import TFLiteModel
 from components.edge_pusher import EdgeBundle
+from pipelines import run_record
 from trainer import executor as trainer_executor
 
 _STATES = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
@@ -47,15 +48,21 @@ def connect(metadata_path: str) -> metadata_store.MetadataStore:
     return metadata_store.MetadataStore(config)
 
 
-def list_runs(store: metadata_store.MetadataStore) -> list[dict[str, Any]]:
-    """Pipeline runs, newest first: run id, pipeline, status."""
+def list_runs(store: metadata_store.MetadataStore,
+              running: str | None = None) -> list[dict[str, Any]]:
+    """Pipeline runs, newest first: run id, pipeline, status.
+
+    Args:
+      running: the run id of the run holding the home's lock now, if any
+        (``run_control.running_run``): only that run can be "running".
+    """
     runs = []
     for context in _run_contexts(store):
         executions = store.get_executions_by_context(context.id)
         runs.append({
             "run_id": context.name,
             "pipeline": _pipeline_of(store, context),
-            "status": _run_status(executions),
+            "status": _run_status(context, executions, running),
             "started": context.create_time_since_epoch / 1000.0,
         })
     return runs
@@ -71,13 +78,24 @@ def _pipeline_of(store: metadata_store.MetadataStore, run: metadata_store_pb2.Co
     return next((p.name for p in parents), "")
 
 
-def _run_status(executions: Iterable[metadata_store_pb2.Execution]) -> str:
+def _run_status(run: metadata_store_pb2.Context,
+                executions: Iterable[metadata_store_pb2.Execution], running: str | None) -> str:
+    """failed, running (only the run holding the home), interrupted or succeeded.
+
+    A run Sightline started records its outcome on its context; one whose process died
+    says "running" there until the next run notices, so the lock decides. Runs recorded
+    before that have only their executions to go by.
+    """
     states = {_STATES[e.last_known_state] for e in executions}
-    if "failed" in states:
+    outcome = run_record.property_of(run, run_record.OUTCOME)
+    if "failed" in states or outcome == run_record.FAILED:
         return "failed"
-    if states <= {"complete", "cached"}:
-        return "succeeded"
-    return "running"
+    if run.name == running:
+        return "running"
+    if states - {"complete", "cached"} or outcome in (run_record.RUNNING,
+                                                      run_record.INTERRUPTED_OUTCOME):
+        return "interrupted"
+    return "succeeded"
 
 
 def find_run(
@@ -95,22 +113,39 @@ def find_run(
     raise NoRunsError(f"no run {run_id!r}; known runs: {[c.name for c in contexts[:5]]} ...")
 
 
-def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> dict[str, Any]:
-    """Everything a person asks after a run, as one JSON-able dict."""
+def summarize(store: metadata_store.MetadataStore, run_id: str = "latest",
+              running: str | None = None) -> dict[str, Any]:
+    """Everything a person asks after a run, as one JSON-able dict.
+
+    Args:
+      running: the run id holding the home's lock now, if any (see ``list_runs``).
+    """
     run = find_run(store, run_id)
     executions = sorted(
         store.get_executions_by_context(run.id), key=lambda e: (e.create_time_since_epoch, e.id)
     )
     outputs = _output_artifacts(store, [e.id for e in executions])
+    live = run.name == running
     summary: dict[str, Any] = {
         "run_id": run.name,
         "pipeline": _pipeline_of(store, run),
-        "status": _run_status(executions),
-        "components": [_component(store, e) for e in executions],
+        "status": _run_status(run, executions, running),
+        "components": [_component(store, e, live) for e in executions],
     }
+    attempts = run_record.attempts(run)
+    if attempts:  # how the run started: resumed or new, and why
+        summary["start"] = {"resumed": attempts[-1]["resumed"], "note": attempts[-1]["note"],
+                            "attempts": len(attempts)}
     failed = [c for c in summary["components"] if c["status"] == "failed"]
     if failed:
         summary["failure"] = {"component": failed[0]["component"], "error": failed[0]["error"]}
+    elif run_record.property_of(run, run_record.ERROR):
+        summary["failure"] = {"component": None,
+                              "error": run_record.property_of(run, run_record.ERROR)}
+    interrupted = [c for c in summary["components"] if c["status"] == "interrupted"]
+    if interrupted:
+        summary["interruption"] = {"component": interrupted[-1]["component"],
+                                   "reason": interrupted[-1]["reason"]}
     for artifact, type_name in outputs:
         if type_name == "Examples":
             summary["examples"] = examples_record(artifact)
@@ -138,23 +173,31 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest") -> di
 
 
 def _component(
-    store: metadata_store.MetadataStore, execution: metadata_store_pb2.Execution
+    store: metadata_store.MetadataStore, execution: metadata_store_pb2.Execution,
+    live: bool = True,
 ) -> dict[str, Any]:
-    node = next(
-        (c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
-         if c.type == "node"),
-        str(execution.id),
-    )
+    """One execution: its node, status, seconds; why it failed or stopped.
+
+    Args:
+      live: whether the run's process is alive; if not, an execution still NEW or RUNNING
+        was interrupted (the next ``sightline run`` marks it CANCELED).
+    """
     record = {
-        "component": node,
+        "component": run_record.node_of(store, execution.id) or str(execution.id),
         "status": _STATES[execution.last_known_state],
         "seconds": round(
             (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1
         ),
         "execution_id": execution.id,
     }
+    stopped = run_record.property_of(execution, run_record.INTERRUPTED)
     if record["status"] == "failed":
         record["error"] = _execution_error(execution)
+    elif record["status"] == "canceled" or (record["status"] in ("new", "running") and not live):
+        record["status"] = "interrupted"
+        record["reason"] = stopped or "its process is no longer running"
+    elif stopped:  # retried after an interruption, e.g. a resumed Trainer
+        record["interrupted_before"] = stopped
     return record
 
 

@@ -17,7 +17,8 @@ from components import release
 
 def status(value: str) -> str:
     """A run or component status, coloured."""
-    color = {"succeeded": "green", "complete": "green", "cached": "green", "failed": "red"}
+    color = {"succeeded": "green", "complete": "green", "cached": "green", "failed": "red",
+             "interrupted": "magenta"}
     return f"[{color.get(value, 'yellow')}]{escape(value)}[/]"
 
 
@@ -56,9 +57,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     for c in summary["components"]:
         table.add_row(c["component"], status(c["status"]), f"{c['seconds']:.1f}")
     console.print(table)
-    if "failure" in summary:
-        failure = summary["failure"]
-        console.print(f"[red]{failure['component']} failed:[/] {escape(failure['error'])}")
+    _print_start_and_end(console, summary)
     examples = summary.get("examples")
     if examples:
         print_splits(console, examples["splits"])
@@ -76,6 +75,22 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if "blessed" in summary:
         console.print(f"blessed: {'yes' if summary['blessed'] else '[red]no[/]'}")
     _print_pushes(console, summary)
+
+
+def _print_start_and_end(console: Console, summary: dict[str, Any]) -> None:
+    """Whether the run was resumed or new, and why it failed or stopped."""
+    start = summary.get("start")
+    if start:
+        how = "[yellow]resumed[/]" if start["resumed"] else "new run"
+        console.print(how + (f": {escape(start['note'])}" if start["note"] else ""))
+    if "failure" in summary:
+        failure = summary["failure"]
+        who = failure["component"] or "The run"
+        console.print(f"[red]{escape(who)} failed:[/] {escape(failure['error'])}")
+    if "interruption" in summary:
+        stop = summary["interruption"]
+        console.print(f"[magenta]interrupted during {escape(stop['component'])}:[/] "
+                      f"{escape(stop['reason'])}")
 
 
 def _print_drift(console: Console, drift: dict[str, Any]) -> None:
