@@ -6,6 +6,7 @@ One run per home at a time (``run_control``), recorded and resumable (``run_reco
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from rich.console import Console
 from tfx import v1 as tfx
@@ -53,12 +54,15 @@ def ensure_data(config: configs.RunConfig, paths: configs.Paths, console: Consol
 
 
 def run(config: configs.RunConfig, home: str, console: Console,
-        lock: run_control.HomeLock | None = None) -> run_record.RunStart:
+        lock: run_control.HomeLock | None = None,
+        labels: Mapping[str, str] | None = None) -> run_record.RunStart:
     """Runs the whole DAG, or resumes its interrupted last run; returns how it started.
 
     Args:
       lock: the home's run lock if the caller holds it already (the CLI takes it before
         opening the run's log); else it is taken here.
+      labels: string custom properties for the run's context in ML Metadata, e.g. the
+        span and trigger of a scheduled run (``pipelines.schedule``).
     Raises:
       run_control.HomeError: the home cannot be written, or another run holds it.
       run_control.RunFailed: a component failed (e.g. the anomaly gate); its run id and
@@ -71,11 +75,12 @@ def run(config: configs.RunConfig, home: str, console: Console,
                 console.print(f"Removed an unfinished push: {os.path.join(directory, stage)}")
         data_root = ensure_data(config, paths, console)
         ir = compiler.Compiler().compile(build(config, paths, data_root))
-        return run_ir(ir, paths.metadata, data_root, held, console)
+        return run_ir(ir, paths.metadata, data_root, held, console, labels)
 
 
 def run_ir(ir: pipeline_pb2.Pipeline, metadata_path: str, data_root: str,
-           lock: run_control.HomeLock, console: Console) -> run_record.RunStart:
+           lock: run_control.HomeLock, console: Console,
+           labels: Mapping[str, str] | None = None) -> run_record.RunStart:
     """Runs a compiled pipeline (its run id not yet substituted) as one recorded run.
 
     The run id is chosen before LocalDagRunner starts, so the run knows its own record;
@@ -83,7 +88,8 @@ def run_ir(ir: pipeline_pb2.Pipeline, metadata_path: str, data_root: str,
     changed since.
     """
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-    start = run_record.begin(connection, ir, run_record.fingerprint(ir, data_root))
+    start = run_record.begin(connection, ir, run_record.fingerprint(ir, data_root),
+                             labels)
     lock.announce(start.run_id, ir.pipeline_info.id)
     console.print(f"{start.message}\nRunning [bold]{ir.pipeline_info.id}[/] on {data_root}")
     with run_record.recorded(connection, start.run_id), component_progress(console):

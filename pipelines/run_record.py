@@ -27,7 +27,7 @@ import datetime
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from absl import logging
 from ml_metadata.metadata_store import metadata_store
@@ -40,15 +40,21 @@ from tfx.orchestration.portable.mlmd import context_lib, execution_lib
 from tfx.proto.orchestration import execution_result_pb2, pipeline_pb2
 
 from pipelines import run_control
+from pipelines.run_status import (  # noqa: F401  (the names run_record's users know them by)
+    ATTEMPTS,
+    ERROR,
+    FAILED,
+    FINGERPRINT,
+    INTERRUPTED,
+    INTERRUPTED_OUTCOME,
+    OUTCOME,
+    RUNNING,
+    SPAN,
+    SUCCEEDED,
+    TRIGGER,
+    property_of,
+)
 
-# Custom properties of a pipeline_run context.
-FINGERPRINT = "sightline_fingerprint"  # the compiled pipeline and its data
-OUTCOME = "sightline_outcome"  # RUNNING, SUCCEEDED, FAILED or INTERRUPTED
-ATTEMPTS = "sightline_attempts"  # JSON list: each process that ran it, how it started
-ERROR = "sightline_error"  # a failure no execution holds (e.g. in a driver)
-# Custom property of an execution that a run's process left unfinished: why it stopped.
-INTERRUPTED = "sightline_interrupted"
-RUNNING, SUCCEEDED, FAILED, INTERRUPTED_OUTCOME = "running", "succeeded", "failed", "interrupted"
 _ACTIVE = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
 _UNKNOWN = 2  # google.rpc.Code UNKNOWN: an exception, no code of its own
 # Training state a retry resumes from (BackupAndRestore), kept when outputs are cleared.
@@ -94,17 +100,19 @@ def fingerprint(ir: pipeline_pb2.Pipeline, data_root: str) -> str | None:
 
 
 def begin(connection: metadata_store_pb2.ConnectionConfig, ir: pipeline_pb2.Pipeline,
-          run_fingerprint: str | None) -> RunStart:
+          run_fingerprint: str | None, labels: Mapping[str, str] | None = None) -> RunStart:
     """Recovers interrupted runs, resumes or starts this one, and prepares ``ir`` for it.
 
     Only call with the home's run lock held. ``ir`` is changed in place: its run id
     substituted and, when resuming, the nodes completed before marked to be skipped.
+    ``labels`` become string custom properties of the run's context (e.g. why a scheduled
+    run ran: ``run_status.TRIGGER``).
     """
     pipeline = ir.pipeline_info.id
     with metadata.Metadata(connection) as m:
         recover_interrupted(m.store)
         start = _plan(m.store, pipeline, run_fingerprint)
-        run = _register(m, pipeline, start, run_fingerprint)
+        run = _register(m, pipeline, start, run_fingerprint, labels or {})
         if start.resumed:
             _reopen_interrupted(m.store, run, ir)
     runtime_parameter_utils.substitute_runtime_parameter(
@@ -151,13 +159,6 @@ def recover_interrupted(store: metadata_store.MetadataStore) -> None:
             _set_outcome(store, run, INTERRUPTED_OUTCOME)
 
 
-def property_of(item: metadata_store_pb2.Context | metadata_store_pb2.Execution,
-                name: str) -> str | None:
-    """A string custom property, or None."""
-    value = item.custom_properties.get(name)
-    return value.string_value if value is not None else None
-
-
 def attempts(run: metadata_store_pb2.Context) -> list[dict[str, object]]:
     """The processes that ran ``run``: pid, start time, resumed or new, and why."""
     return json.loads(property_of(run, ATTEMPTS) or "[]")
@@ -194,7 +195,8 @@ def _plan(store: metadata_store.MetadataStore, pipeline: str,
 
 
 def _register(m: metadata.Metadata, pipeline: str, start: RunStart,
-              run_fingerprint: str | None) -> metadata_store_pb2.Context:
+              run_fingerprint: str | None,
+              labels: Mapping[str, str]) -> metadata_store_pb2.Context:
     """The run's context (TFX reuses it), with this attempt and its fingerprint."""
     pipeline_context = context_lib.register_context_if_not_exists(
         m, constants.PIPELINE_CONTEXT_TYPE_NAME, pipeline)
@@ -206,6 +208,8 @@ def _register(m: metadata.Metadata, pipeline: str, start: RunStart,
     run.custom_properties[ATTEMPTS].string_value = json.dumps([*attempts(run), attempt])
     run.custom_properties[FINGERPRINT].string_value = run_fingerprint or ""
     run.custom_properties[OUTCOME].string_value = RUNNING
+    for name, value in labels.items():
+        run.custom_properties[name].string_value = value
     m.store.put_contexts([run])
     return run
 

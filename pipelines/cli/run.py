@@ -13,7 +13,8 @@ from absl import logging as absl_logging
 from rich.console import Console
 from rich.markup import escape
 
-from pipelines import configs, run_control
+from pipelines import configs, run_control, run_status
+from pipelines.cli import scheduled
 from pipelines.cli.common import (
     config_option,
     console,
@@ -39,19 +40,24 @@ from pipelines.console import library_output_to
               "default: the annotations file's folder.")
 @click.option("--beam-mode", type=click.Choice(["in_memory", "multi_processing"]), default=None,
               help="Beam DirectRunner mode (beam.direct_running_mode).")
+@click.option("--when-new-span", is_flag=True,
+              help="For schedulers: run only if the latest span under --data/--pattern has not "
+              "succeeded or failed yet; exit 75 if another run holds the home.")
 @click.option("--verbose", is_flag=True,
               help="Show TensorFlow, TFX and Beam output here instead of in the run's log file.")
 @home_option
 @json_option
-def run(config_name, overrides, data_root, pattern, images_root, beam_mode, verbose, home,
-        as_json) -> None:
+def run(config_name, overrides, data_root, pattern, images_root, beam_mode, when_new_span,
+        verbose, home, as_json) -> None:
     """Run the whole DAG locally and print the run summary."""
     flags = {"data.root": data_root, "data.annotations_pattern": pattern,
              "data.images_root": images_root, "beam.direct_running_mode": beam_mode}
     config = load_config(config_name, [*overrides, *(f"{k}={v}" for k, v in flags.items() if v)])
     home = configs.home_dir(home)
     paths = configs.Paths(home, config.pipeline_name)
-    lock = _claim_home(paths)  # before the log: a refused run writes nothing
+    # Before the log: a refused run (or one with nothing new to do) writes nothing.
+    lock, labels = (scheduled.claim_new_span(config, paths, as_json) if when_new_span
+                    else (_claim_home(paths), None))
     log_path = None if verbose else os.path.join(
         paths.logs, f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     # With --json stdout carries the summary alone; Keras and Beam print progress there.
@@ -61,11 +67,13 @@ def run(config_name, overrides, data_root, pattern, images_root, beam_mode, verb
         out = Console(file=terminal, soft_wrap=True)
         if log_path:
             out.print(f"Library output goes to {log_path} (--verbose shows it here)")
+        if labels:
+            out.print(f"Scheduled: {escape(labels[run_status.TRIGGER])}")
         from pipelines import local_runner  # imports TensorFlow: after the redirect
         from pipelines.reports import runs
 
         try:
-            run_id = local_runner.run(config, home, out, lock).run_id
+            run_id = local_runner.run(config, home, out, lock, labels).run_id
         except run_control.RunFailed as e:  # the summary below names the component and the reason
             run_id, failed = e.run_id, e.reason
         except Exception as e:  # before the run was recorded, e.g. generating the data

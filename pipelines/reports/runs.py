@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
@@ -22,10 +21,9 @@ from components.drift_check import DataDrift
 from components.drift_check import executor as drift_executor
 from components.edge_optimizer import TFLiteModel
 from components.edge_pusher import EdgeBundle
-from pipelines import run_record
+from pipelines import run_record, run_status
 from trainer import executor as trainer_executor
 
-_STATES = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 # The Evaluator's baseline is an earlier run's model: lineage does not follow it.
@@ -62,7 +60,7 @@ def list_runs(store: metadata_store.MetadataStore,
         runs.append({
             "run_id": context.name,
             "pipeline": _pipeline_of(store, context),
-            "status": _run_status(context, executions, running),
+            "status": run_status.run_status(context, executions, running),
             "started": context.create_time_since_epoch / 1000.0,
         })
     return runs
@@ -76,26 +74,6 @@ def _run_contexts(store: metadata_store.MetadataStore) -> list[metadata_store_pb
 def _pipeline_of(store: metadata_store.MetadataStore, run: metadata_store_pb2.Context) -> str:
     parents = store.get_parent_contexts_by_context(run.id)
     return next((p.name for p in parents), "")
-
-
-def _run_status(run: metadata_store_pb2.Context,
-                executions: Iterable[metadata_store_pb2.Execution], running: str | None) -> str:
-    """failed, running (only the run holding the home), interrupted or succeeded.
-
-    A run Sightline started records its outcome on its context; one whose process died
-    says "running" there until the next run notices, so the lock decides. Runs recorded
-    before that have only their executions to go by.
-    """
-    states = {_STATES[e.last_known_state] for e in executions}
-    outcome = run_record.property_of(run, run_record.OUTCOME)
-    if "failed" in states or outcome == run_record.FAILED:
-        return "failed"
-    if run.name == running:
-        return "running"
-    if states - {"complete", "cached"} or outcome in (run_record.RUNNING,
-                                                      run_record.INTERRUPTED_OUTCOME):
-        return "interrupted"
-    return "succeeded"
 
 
 def find_run(
@@ -129,13 +107,17 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest",
     summary: dict[str, Any] = {
         "run_id": run.name,
         "pipeline": _pipeline_of(store, run),
-        "status": _run_status(run, executions, running),
+        "status": run_status.run_status(run, executions, running),
         "components": [_component(store, e, live) for e in executions],
     }
     attempts = run_record.attempts(run)
     if attempts:  # how the run started: resumed or new, and why
         summary["start"] = {"resumed": attempts[-1]["resumed"], "note": attempts[-1]["note"],
                             "attempts": len(attempts)}
+    trigger = run_status.property_of(run, run_status.TRIGGER)
+    if trigger:  # a scheduled run (--when-new-span): the span and why it ran
+        summary["trigger"] = {"span": int(run_status.property_of(run, run_status.SPAN)),
+                              "reason": trigger}
     failed = [c for c in summary["components"] if c["status"] == "failed"]
     if failed:
         summary["failure"] = {"component": failed[0]["component"], "error": failed[0]["error"]}
@@ -184,7 +166,7 @@ def _component(
     """
     record = {
         "component": run_record.node_of(store, execution.id) or str(execution.id),
-        "status": _STATES[execution.last_known_state],
+        "status": run_status.EXECUTION_STATES[execution.last_known_state],
         "seconds": round(
             (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1
         ),

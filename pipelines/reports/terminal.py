@@ -79,6 +79,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
 
 def _print_start_and_end(console: Console, summary: dict[str, Any]) -> None:
     """Whether the run was resumed or new, and why it failed or stopped."""
+    if summary.get("trigger"):
+        console.print(f"scheduled: {escape(summary['trigger']['reason'])}")
     start = summary.get("start")
     if start:
         how = "[yellow]resumed[/]" if start["resumed"] else "new run"
