@@ -18,13 +18,19 @@ from pipelines import configs, run_control, run_record
 from pipelines.console import component_progress
 from pipelines.pipeline import create_pipeline
 
+# Beam workers get Sightline from its sdist (``BeamSettings.with_setup_file``); None when
+# Sightline was installed without its source tree.
+_SOURCE_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "setup.py")
+SETUP_FILE = _SOURCE_SETUP if os.path.exists(_SOURCE_SETUP) else None
+
 
 def build(config: configs.RunConfig, paths: configs.Paths, data_root: str) -> tfx.dsl.Pipeline:
     """The pipeline for a config, with local paths and a SQLite ML Metadata store."""
     from schemas.curate import class_names  # imports TFDV: only when building the DAG
 
     return create_pipeline(
-        **config.sections(),
+        **{**config.sections(), "beam": config.beam.with_setup_file(SETUP_FILE)},
         pipeline_name=config.pipeline_name,
         pipeline_root=paths.pipeline_root,
         data_root=data_root,

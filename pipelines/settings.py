@@ -17,6 +17,9 @@ from schemas import DEFAULT_SCHEMA_PATH
 
 ON_DRIFT_CHOICES = ("fail", "warn")
 BEAM_MODES = ("in_memory", "multi_processing")
+# Beam flags that tell workers where the code comes from; TFX packages itself without one.
+BEAM_DEPENDENCY_FLAGS = ("--setup_file", "--extra_package", "--requirements_file",
+                         "--sdk_container_image", "--worker_harness_container_image")
 DEFAULT_RUN_FN = "trainer.task.run_fn"
 
 
@@ -198,6 +201,20 @@ class BeamSettings:
         if self.direct_num_workers < 1:
             problems.append(f"direct_num_workers={self.direct_num_workers}; must be >= 1")
         _require(problems, "beam")
+
+    def with_setup_file(self, setup_file: str | None) -> BeamSettings:
+        """These settings plus ``--setup_file``, unless a dependency flag is set already.
+
+        Why: without one, TFX copies its whole installation into a new temp folder at
+        every Beam stage (a ~50 MB ``tfx_ephemeral`` sdist, never removed) for workers
+        that then still lack Sightline's own DoFns and metric. The DirectRunner ignores
+        the flag; a portable or Dataflow runner ships Sightline's sdist (~180 KB).
+        """
+        if not setup_file or any(arg.startswith(BEAM_DEPENDENCY_FLAGS)
+                                 for arg in self.extra_args):
+            return self
+        return dataclasses.replace(self, extra_args=(*self.extra_args,
+                                                     f"--setup_file={setup_file}"))
 
     def pipeline_args(self) -> list[str]:
         """The DirectRunner's flags, unless ``extra_args`` picks another ``--runner``."""
