@@ -17,6 +17,9 @@ from pipelines import configs
 from pipelines.pipeline import create_pipeline
 
 DEFAULT_IMAGE = "ghcr.io/sightline/sightline:latest"
+# Where the Dockerfile puts the source (installed editable): Beam stages in the image
+# hand workers Sightline's sdist from here instead of packaging TFX at every stage.
+IMAGE_SETUP_FILE = "/opt/sightline/setup.py"
 _KFP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
 
 
@@ -57,7 +60,7 @@ def compile_pipeline(
     from schemas.curate import class_names  # imports TFDV: only when building the DAG
 
     pipeline = create_pipeline(
-        **config.sections(),
+        **{**config.sections(), "beam": config.beam.with_setup_file(IMAGE_SETUP_FILE)},
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         data_root=data_root,

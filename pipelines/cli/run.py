@@ -107,7 +107,8 @@ def _claim_home(paths: configs.Paths) -> run_control.HomeLock:
 @click.option("--pipeline-root", default="gs://YOUR_BUCKET/sightline/root", show_default=True)
 @click.option("--data-root", default="gs://YOUR_BUCKET/sightline/data", show_default=True)
 @click.option("--serving-dir", default="gs://YOUR_BUCKET/sightline/serving", show_default=True)
-@click.option("--image", default=None, help="Container image with Sightline installed.")
+@click.option("--image", default=None, help="The pushed image built from the Dockerfile "
+              "(default: a placeholder, ghcr.io/sightline/sightline:latest).")
 def compile_cmd(
     output, config_name, overrides, pipeline_root, data_root, serving_dir, image
 ) -> None:
@@ -115,11 +116,16 @@ def compile_cmd(
     config = load_config(config_name, overrides)
     from pipelines import kubeflow_runner
 
+    image = image or kubeflow_runner.DEFAULT_IMAGE
     kubeflow_runner.compile_pipeline(
         config, output, pipeline_root, data_root, os.path.join(serving_dir, config.pipeline_name),
-        image=image or kubeflow_runner.DEFAULT_IMAGE,
+        image=image,
     )
-    console.print(f"wrote {output}")
+    from pipelines import kubeflow_package  # the strict check: fails here, not on the cluster
+
+    spec, note = kubeflow_package.write_companions(output, image, pipeline_root)
+    console.print(f"wrote {output} (Vertex AI PipelineJob), {spec} (KFP PipelineSpec) and "
+                  f"{note} (how to submit)")
 
 
 @click.command("config")
