@@ -30,5 +30,8 @@ COPY trainer ./trainer
 RUN pip install --ignore-requires-python -c constraints.txt -e . \
     && python -c "import trainer.task, components.coco_eval.metric, pipelines.cli"
 
-ENTRYPOINT []
-CMD ["sightline", "--help"]
+# Beam's worker boot program (its version pinned like apache-beam in constraints.txt), so
+# the same image runs Beam workers on Dataflow, Flink and Spark (--sdk_container_image);
+# Kubeflow steps set their own command and never start it.
+COPY --from=apache/beam_python3.11_sdk:2.59.0 /opt/apache/beam /opt/apache/beam
+ENTRYPOINT ["/opt/apache/beam/boot"]

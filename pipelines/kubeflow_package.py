@@ -29,9 +29,9 @@ pipeline root and data root must be readable and writable by every step.
 | `{yaml_name}` | the `PipelineSpec` alone | the KFP client and UI (`.yaml` packages) |
 
 Kubeflow Pipelines (v2 backend), once, and every hour on the hour (KFP's cron has six
-fields, seconds first). With `enable_cache` on (`--set enable_cache=true` when compiling)
-a run over a span already processed is served from KFP's cache, and `max_concurrency=1`
-keeps two runs from overlapping:
+fields, seconds first; `max_concurrency=1` keeps two runs from overlapping). Each run
+ingests the latest span; one over a span already processed runs again (steps whose
+inputs did not change are reused when compiled with `--set enable_cache=true`):
 
 ```python
 import kfp

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 
 from pipelines.settings import BeamSettings
 from tests.oracle_trainer import run_tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --- the flags, fast ---------------------------------------------------------------------
 
@@ -45,8 +48,7 @@ def test_a_local_run_passes_the_repository_setup_file(tmp_path):
     paths = configs.Paths(str(tmp_path), config.pipeline_name)
     args = local_runner.build(config, paths, str(tmp_path)).beam_pipeline_args
     assert f"--setup_file={local_runner.SETUP_FILE}" in args
-    assert os.path.dirname(local_runner.SETUP_FILE) == os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__)))
+    assert os.path.dirname(local_runner.SETUP_FILE) == REPO
 
 
 # --- the real DAG, slow -------------------------------------------------------------------
@@ -63,9 +65,9 @@ def job_endpoint(tmp_path_factory):
     """Beam's Python job service in a process of its own, stopped afterwards."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("job_service") / "log", "w")  # noqa: SIM115
-    service = subprocess.Popen(
+    service = subprocess.Popen(  # from the repository: subprocess workers import its code
         [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 60
     while socket.socket().connect_ex(("localhost", port)) != 0:
         assert service.poll() is None and time.monotonic() < deadline, "no job service"
@@ -76,33 +78,72 @@ def job_endpoint(tmp_path_factory):
     log.close()
 
 
-def _statistics(home: str) -> dict[str, bytes]:
+def _statistics(home: str) -> dict[str, dict]:
+    """{split: {feature path or "": its statistics as a dict}}: runners order features
+    differently, so each is keyed by its path."""
+    from google.protobuf import json_format
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
     found = {}
     for path in glob.glob(os.path.join(home, "pipelines", "*", "StatisticsGen", "statistics",
                                        "*", "Split-*", "FeatureStats.pb")):
-        stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(open(path, "rb").read())
-        found[os.path.basename(os.path.dirname(path))] = stats
+        with open(path, "rb") as f:
+            [dataset] = statistics_pb2.DatasetFeatureStatisticsList.FromString(f.read()).datasets
+        features = {"/".join(f.path.step): json_format.MessageToDict(f) for f in dataset.features}
+        dataset.ClearField("features")
+        found[os.path.basename(os.path.dirname(path))] = {
+            "": json_format.MessageToDict(dataset), **features}
     return found
 
 
+def _same(a, b) -> bool:
+    """Equal, floats to 1e-12: Beam merges partial sums in a runner-dependent order, so a
+    mean or std_dev may differ in its last bit; counts, quantiles and histograms may not."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def _results(home: str, *overrides: str) -> dict:
+    summary = run_tiny(home, *overrides)
+    assert summary["status"] == "succeeded", summary.get("failure")
+    return {"examples": summary["examples"]["splits"],
+            "quarantined": summary["examples"]["quarantined"],
+            "statistics": _statistics(home),
+            "evaluation": {k: v for k, v in summary["evaluation"].items() if k != "uri"},
+            "blessed": summary["blessed"]}
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory) -> dict:
+    return _results(str(tmp_path_factory.mktemp("direct")))
+
+
+# LOOPBACK runs the SDK worker in the submitting process; the subprocess environment
+# starts a separate worker process, so state that only exists in-process would be lost.
+ENVIRONMENTS = {
+    "loopback": ["--environment_type=LOOPBACK"],
+    "subprocess": ["--environment_type=beam:env:harness_subprocess_python:v1",
+                   f"--environment_config={sys.executable} -m "
+                   "apache_beam.runners.worker.sdk_worker_main"],
+}
+
+
 @pytest.mark.slow
-def test_the_portable_runner_gives_the_direct_runners_results(tmp_path, job_endpoint):
-    portable_args = ["--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
-                     "--environment_type=LOOPBACK"]
-    direct = run_tiny(str(tmp_path / "direct"))
-    portable = run_tiny(str(tmp_path / "portable"), f"beam.extra_args={json.dumps(portable_args)}")
-    for summary in (direct, portable):
-        assert summary["status"] == "succeeded", summary.get("failure")
-    assert portable["examples"]["splits"] == direct["examples"]["splits"]
-    assert portable["examples"]["quarantined"] == direct["examples"]["quarantined"]
-    direct_stats, portable_stats = _statistics(str(tmp_path / "direct")), _statistics(
-        str(tmp_path / "portable"))
-    assert sorted(direct_stats) == ["Split-eval", "Split-train"]
-    assert portable_stats == direct_stats
-    evaluations = [{k: v for k, v in s["evaluation"].items() if k != "uri"}
-                   for s in (direct, portable)]
-    assert evaluations[0]["overall"]["mAP"] > 0
-    assert evaluations[1] == evaluations[0]  # mAP and every slice's metrics
+@pytest.mark.parametrize("environment", sorted(ENVIRONMENTS))
+def test_the_portable_runner_gives_the_direct_runners_results(tmp_path, job_endpoint, direct,
+                                                             environment):
+    args = ["--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
+            *ENVIRONMENTS[environment]]
+    portable = _results(str(tmp_path), f"beam.extra_args={json.dumps(args)}")
+    assert portable["examples"] == direct["examples"]  # split counts and content hashes
+    assert portable["quarantined"] == direct["quarantined"]
+    assert sorted(direct["statistics"]) == ["Split-eval", "Split-train"]
+    assert _same(portable["statistics"], direct["statistics"])
+    assert direct["evaluation"]["overall"]["mAP"] > 0
+    assert portable["evaluation"] == direct["evaluation"]  # mAP and every slice's metrics
     assert portable["blessed"] == direct["blessed"]

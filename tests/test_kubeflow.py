@@ -119,5 +119,8 @@ def test_the_image_copies_what_setup_py_packages_and_sets_legacy_keras():
     assert "TF_USE_LEGACY_KERAS=1" in instructions["ENV"]
     python = re.match(r"python:(\d+\.\d+)", instructions["FROM"]).group(1)
     assert python == f"{sys.version_info.major}.{sys.version_info.minor}"
+    beam = re.search(r"^apache-beam==(\S+)$", _read("constraints.txt"), re.M).group(1)
+    assert any(args.startswith(f"--from=apache/beam_python{python}_sdk:{beam} ")
+               for op, args in _instructions() if op == "COPY")  # Beam's worker boot
     ignored = _read(".dockerignore").split()
     assert {".venv", ".sightline", ".git"} <= set(ignored)

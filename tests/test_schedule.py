@@ -17,6 +17,7 @@ from ml_metadata.proto import metadata_store_pb2 as pb
 
 from pipelines import configs, run_status, schedule
 from pipelines.cli.scheduled import EXIT_ALREADY_RUNNING
+from tests.test_run_control import _HOLD  # holds a home's lock until killed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATTERN = "span-{SPAN}/annotations.json"
@@ -28,14 +29,6 @@ atexit.register(lambda: print("tensorflow imported:", "tensorflow" in sys.module
                               file=sys.stderr))
 from pipelines.cli import main
 main()
-"""
-_HOLD = """
-import sys, time
-from pipelines import run_control
-lock = run_control.lock_home(sys.argv[1])
-lock.announce("2026-12-02T01:00:00.000001", "sightline-tiny")
-print("locked", flush=True)
-time.sleep(600)
 """
 
 
