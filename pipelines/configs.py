@@ -203,8 +203,10 @@ def _coerce(raw: str, kind: str, key: str) -> Any:
         if text.lower() in ("false", "0", "no"):
             return False
         raise ValueError(f"{key}={raw!r}: expected true or false")
+    if kind == "int | None" and text.lower() in ("", "none", "null"):
+        return None
     value = _parse_json(text)
-    expected = {"int": int, "float": (int, float)}.get(kind)
+    expected = {"int": int, "int | None": int, "float": (int, float)}.get(kind)
     if expected is not None:
         if isinstance(value, bool) or not isinstance(value, expected):
             wanted = "an integer" if kind == "int" else "a number"

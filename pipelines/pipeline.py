@@ -125,7 +125,8 @@ def _data_components(data_root: str, data: DataSettings, drift: DriftSettings,
                                  annotations_pattern=data.annotations_pattern,
                                  split_buckets=dict(data.split_buckets),
                                  images_root=data.images_root,
-                                 allow_absolute_paths=data.allow_absolute_paths)
+                                 allow_absolute_paths=data.allow_absolute_paths,
+                                 span=data.span)
     example_gen.add_upstream_node(previous_span)
     # The reviewed schema, never re-inferred: data changes must show up as anomalies.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)

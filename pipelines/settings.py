@@ -54,6 +54,9 @@ class DataSettings:
     # The folder image 'file_name' entries are relative to; None: the annotations file's
     # folder. Relative to `root`; '{SPAN}' is the annotations pattern's span.
     images_root: str | None = None  # e.g. 'train' beside 'annotations/instances_train.json'
+    # Ingest this span of a '{SPAN}' pattern instead of the latest (a re-run by hand; what
+    # `sightline run --when-new-span` pins, so a span landing meanwhile waits its turn).
+    span: int | None = None
     # Read absolute 'file_name' entries as given (a dataset spread over mounts); relative
     # ones may never leave the images root either way.
     allow_absolute_paths: bool = False
@@ -76,6 +79,9 @@ class DataSettings:
             problems.append(f"images_root={self.images_root!r} has a span, but "
                             f"annotations_pattern={self.annotations_pattern!r} has none to "
                             "take it from")
+        if self.span is not None and (self.span < 0 or "{SPAN" not in self.annotations_pattern):
+            problems.append(f"span={self.span}; needs a span >= 0 and an annotations_pattern "
+                            "with '{SPAN}', e.g. 'span-{SPAN}/annotations.json'")
         if not isinstance(self.allow_absolute_paths, bool):
             problems.append(f"allow_absolute_paths={self.allow_absolute_paths!r}; use true or "
                             "false")

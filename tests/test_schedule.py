@@ -6,6 +6,7 @@ Three real scheduled runs over three spans are in ``test_schedule_runs.py`` (slo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -212,3 +213,24 @@ def test_a_pattern_without_a_span_is_one_line(tmp_path):
     assert result.stderr.strip() == ("Error: pattern 'annotations.json' has no '{SPAN}', so "
                                      "there is never a new span; use e.g. --pattern "
                                      "'span-{SPAN}/annotations.json'")
+
+
+# --- pinning the span -------------------------------------------------------------------------
+
+
+def test_data_span_pins_coco_example_gen_to_one_span():
+    """What --when-new-span sets: a span landing during the run waits for the next call."""
+    from components.coco_example_gen import CocoExampleGen
+
+    config = configs.load("tiny", [f"data.annotations_pattern={PATTERN}", "data.span=3"])
+    assert config.data.span == 3
+    assert configs.load("tiny", ["data.span=none"]).data.span is None
+    gen = CocoExampleGen(input_base="/data", annotations_pattern=PATTERN, span=config.data.span)
+    assert json.loads(gen.exec_properties["range_config"]) == {
+        "static_range": {"start_span_number": 3, "end_span_number": 3}}
+    assert "range_config" not in CocoExampleGen(input_base="/d").exec_properties
+
+
+def test_data_span_needs_a_span_pattern():
+    with pytest.raises(ValueError, match=r"span=3; needs a span >= 0 and an annotations_pattern"):
+        configs.load("tiny", ["data.span=3"])

@@ -1,5 +1,6 @@
 """Scheduled runs on the real DAG: three spans dropped one after another give exactly three
-runs, a call with nothing new is skipped, a call during a run exits "already running".
+runs, a call with nothing new is skipped, a call during a run exits "already running", and
+a span landing during a run waits for the next call.
 
 Each call is a ``sightline run --when-new-span`` process, as a cron line starts it. The
 oracle trainer keeps each DAG run short.
@@ -63,9 +64,9 @@ def ticks(tmp_path_factory) -> dict:
     second = _call(home, data, wait=False)
     _wait_until_running(home, second)
     results["during span 2"] = _call(home, data)
+    _drop_span(data, 3)  # lands before span 2's CocoExampleGen: the run is pinned to span 2
     stdout, stderr = second.communicate(timeout=900)
     results["span 2"] = subprocess.CompletedProcess(second.args, second.returncode, stdout, stderr)
-    _drop_span(data, 3)
     results["span 3"] = _call(home, data)
     results["store"] = runs.connect(configs.Paths(home, "sightline-tiny").metadata)
     return results

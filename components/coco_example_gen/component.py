@@ -8,7 +8,7 @@ from tfx import types
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
-from tfx.proto import example_gen_pb2
+from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import component_spec, standard_artifacts, standard_component_specs
 
 from components.coco_example_gen import executor
@@ -45,6 +45,7 @@ class CocoExampleGen(FileBasedExampleGen):
         split_buckets: dict[str, int] | None = None,
         images_root: str | None = None,
         allow_absolute_paths: bool = False,
+        span: int | None = None,
     ):
         """
         Args:
@@ -57,12 +58,17 @@ class CocoExampleGen(FileBasedExampleGen):
             layout ``annotations/instances_train.json`` + ``train/`` needs ``"train"``).
           allow_absolute_paths: read absolute ``file_name`` entries as given (a dataset
             spread over mounts); otherwise only files under the images root are read.
+          span: ingest this span of a ``{SPAN}`` pattern; None: the latest.
         """
         split_buckets = split_buckets or {"train": 4, "eval": 1}
         _check_arguments(input_base, annotations_pattern, split_buckets, images_root)
         coco_parameters = {executor.ALLOW_ABSOLUTE_PATHS_KEY: int(allow_absolute_paths)}
         if images_root:
             coco_parameters[executor.IMAGES_ROOT_KEY] = images_root
+        if span is not None:  # TFX's driver resolves the pattern for exactly this span
+            only = range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
+            coco_parameters[standard_component_specs.RANGE_CONFIG_KEY] = (
+                range_config_pb2.RangeConfig(static_range=only))
         spec = CocoExampleGenSpec(
             input_base=input_base,
             input_config=example_gen_pb2.Input(

@@ -56,8 +56,8 @@ def run(config_name, overrides, data_root, pattern, images_root, beam_mode, when
     home = configs.home_dir(home)
     paths = configs.Paths(home, config.pipeline_name)
     # Before the log: a refused run (or one with nothing new to do) writes nothing.
-    lock, labels = (scheduled.claim_new_span(config, paths, as_json) if when_new_span
-                    else (_claim_home(paths), None))
+    lock, config, labels = (scheduled.claim_new_span(config, paths, as_json) if when_new_span
+                            else (_claim_home(paths), config, None))
     log_path = None if verbose else os.path.join(
         paths.logs, f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     # With --json stdout carries the summary alone; Keras and Beam print progress there.

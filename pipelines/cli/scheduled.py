@@ -7,6 +7,7 @@ the home, so the next tick tries again; 1 when the run failed or cannot start.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -18,9 +19,11 @@ from pipelines.cli.common import console, emit
 EXIT_ALREADY_RUNNING = 75  # sysexits.h EX_TEMPFAIL: "try again later"
 
 
-def claim_new_span(config: configs.RunConfig,
-                   paths: configs.Paths, as_json: bool) -> tuple[run_control.HomeLock, dict]:
-    """The home's lock and the run's labels if the latest span needs a run; else exits.
+def claim_new_span(config: configs.RunConfig, paths: configs.Paths, as_json: bool,
+                   ) -> tuple[run_control.HomeLock, configs.RunConfig, dict[str, str]]:
+    """If the latest span needs a run: the home's lock, the config pinned to that span
+    (``data.span``: a span landing meanwhile waits for the next call) and the run's
+    labels. Otherwise exits.
 
     The span's record is read with the lock held, so two schedulers never both decide
     to run one span. Nothing here imports TensorFlow: a "nothing new" call takes well
@@ -29,6 +32,8 @@ def claim_new_span(config: configs.RunConfig,
     if not config.data.root:
         raise click.UsageError("--when-new-span needs your data: --data DIR --pattern "
                                "'span-{SPAN}/annotations.json'")
+    if config.data.span is not None:
+        raise click.UsageError("--when-new-span picks the span itself; drop data.span")
     try:
         span = schedule.latest_span(config.data.root, config.data.annotations_pattern)
     except schedule.ScheduleError as e:
@@ -45,7 +50,8 @@ def claim_new_span(config: configs.RunConfig,
         lock.release()
         emit(_skipped(decision), as_json, lambda out, _: out.print(escape(decision.message)))
         sys.exit(0)
-    return lock, decision.labels()
+    pinned = dataclasses.replace(config, data=dataclasses.replace(config.data, span=span))
+    return lock, pinned, decision.labels()
 
 
 def _skipped(decision: schedule.Decision) -> dict:
