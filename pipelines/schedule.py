@@ -19,6 +19,7 @@ import glob
 import os
 import re
 
+from ml_metadata import errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
@@ -129,7 +130,7 @@ def _span_of(store: metadata_store.MetadataStore, run: metadata_store_pb2.Contex
 def _examples_type_id(store: metadata_store.MetadataStore) -> int | None:
     try:
         return store.get_artifact_type("Examples").id
-    except Exception:  # noqa: BLE001 (MLMD's NotFoundError: no Examples recorded yet)
+    except errors.NotFoundError:  # no Examples recorded yet
         return None
 
 
