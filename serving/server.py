@@ -22,7 +22,7 @@ from serving.grpc_service import build_server
 from serving.metrics import Metrics
 from serving.model_config import BatchingConfig, ModelSettings
 from serving.rest import DEFAULT_MAX_BODY_BYTES, RestApi
-from serving.versions import RuntimeOptions
+from serving.versions import RuntimeOptions, TrafficSplit
 
 log = logging.getLogger("sightline.serving")
 
@@ -46,6 +46,9 @@ class ServerOptions:
     request_log_max_bytes: int = 64 << 20
     request_log_include_images: bool = False
     shutdown_grace_seconds: float = 30.0
+    canary_fraction: float = 0.0
+    shadow_fraction: float = 0.0
+    shadow_max_in_flight: int = 4
 
 
 class Server:
@@ -56,8 +59,10 @@ class Server:
                                  num_threads=options.num_threads,
                                  max_in_flight=options.max_in_flight,
                                  tflite_interpreters=options.num_threads)
+        traffic = TrafficSplit(options.canary_fraction, options.shadow_fraction,
+                               options.shadow_max_in_flight)
         self.core = ServerCore(options.models, runtime, self.metrics,
-                               options.file_system_poll_seconds)
+                               options.file_system_poll_seconds, traffic)
         self.grpc_port = 0
         self.rest_port = 0
         self._grpc = None

@@ -180,7 +180,9 @@ def test_version_policies_and_labels_resolve_like_tf_serving(base):
     try:
         manager = server.core.manager("det")
         assert manager.available_versions() == [1, 3]
-        assert grpc_predict(stub, image).model_spec.version.value == 3  # latest available
+        # Sightline routes a request naming no version or label to "stable" when that
+        # label exists (TF Serving: the latest available version, here 3).
+        assert grpc_predict(stub, image).model_spec.version.value == 1
         assert grpc_predict(stub, image, label="stable").model_spec.version.value == 1
         assert grpc_predict(stub, image, label="canary").model_spec.version.value == 3
         with pytest.raises(grpc.RpcError) as error:
