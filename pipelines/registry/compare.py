@@ -153,10 +153,11 @@ def _items(version: int, role: str, request_id: str, digests: np.ndarray,
         n = int(counts.ravel()[i])
         keep = scores[i, :n] >= min_score
         digest = digests[i].decode() if i < len(digests) else ""
-        items.append(Item(version, role, request_id, i, digest,
-                          box_formats.check(boxes[i, :n][keep], box_formats.YXYX,
-                                            "detection_boxes"),
-                          scores[i, :n][keep], np.rint(classes[i, :n][keep]).astype(int)))
+        kept = boxes[i, :n][keep]  # corners put in order: a model's output, not a claim
+        kept = np.concatenate([np.minimum(kept[:, :2], kept[:, 2:]),
+                               np.maximum(kept[:, :2], kept[:, 2:])], axis=1)
+        items.append(Item(version, role, request_id, i, digest, kept, scores[i, :n][keep],
+                          np.rint(classes[i, :n][keep]).astype(int)))
     return items
 
 

@@ -91,12 +91,18 @@ def with_model(config: ServerConfig, model: str, base_path: str, stable: int | N
 
 
 class StagedConfig:
-    """A new config written beside the file, not yet in place: ``commit`` or ``discard``."""
+    """A new config written beside the file, not yet in place: ``commit`` or ``discard``.
+
+    Callers hold the registry lock, so temporary files found here are a dead writer's.
+    """
 
     def __init__(self, path: str, config: ServerConfig):
         self.path = path
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):  # left by a writer that died (callers hold the lock)
+            if name.startswith(f".{CONFIG_FILE}.") and name.endswith(".tmp"):
+                os.remove(os.path.join(directory, name))
         fd, self.temp_path = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", suffix=".tmp",
                                               dir=directory)
         with os.fdopen(fd, "w") as f:
