@@ -132,7 +132,8 @@ class Server:
         """Re-reads --model_config_file every --model_config_file_poll_wait_seconds.
 
         A changed file is applied once; one that does not parse or apply is reported once
-        and the last good config keeps serving (as TF Serving does).
+        and the last good config keeps serving (as TF Serving does). An empty file is
+        taken for one caught mid-write and not applied (it would unload every model).
         """
         o = self.options
         while not self._stopped.wait(o.model_config_poll_seconds):
@@ -143,6 +144,11 @@ class Server:
                 log.error("Model config %s unreadable: %s", o.model_config_file, e)
                 continue
             if text == self._config_text:
+                continue
+            if not text.strip():  # truncated by a writer that does not rename into place
+                log.error("Model config %s is empty: not applied (write it whole, e.g. "
+                          "to a temporary file renamed over it)", o.model_config_file)
+                self._config_text = text
                 continue
             self._config_text = text
             try:

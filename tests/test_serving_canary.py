@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import hashlib
+import os
 import threading
 import time
 
@@ -31,6 +32,14 @@ def config_text(base, stable: int | None, canary: int | None, log_prefix: str = 
     return (f'model_config_list {{ config {{ name: "det" base_path: "{base}" '
             f"model_version_policy {{ specific {{ {' '.join(f'versions: {v}' for v in versions)}"
             f" }} }} {labels} {logging} }} }}")
+
+
+def replace_config(path, text: str) -> None:
+    """As the registry writes models.config: whole or not at all (a server polling it
+    must never read a half-written file)."""
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(text)
+    os.replace(staged, path)
 
 
 @pytest.fixture
@@ -183,11 +192,11 @@ def test_labels_move_through_promote_and_rollback_without_a_failed_request(base,
         clients = [pool.submit(client, spec) for spec in ({}, {}, {"label": "stable"})]
         try:
             time.sleep(0.5)
-            config_file.write_text(config_text(base, 2, None))  # promote 2: 1 unloads
+            replace_config(config_file, config_text(base, 2, None))  # promote 2: 1 unloads
             sf.wait_for(lambda: manager.label_version("stable") == 2
                         and manager.available_versions() == [2])
             time.sleep(0.5)
-            config_file.write_text(config_text(base, 1, None))  # roll back: 1 loads again
+            replace_config(config_file, config_text(base, 1, None))  # roll back: 1 loads again
             sf.wait_for(lambda: manager.label_version("stable") == 1
                         and manager.available_versions() == [1], timeout=60)
             time.sleep(0.5)

@@ -217,6 +217,9 @@ def test_model_config_file_is_polled(base, tmp_path):
         config_file.write_text("model_config_list { config { nonsense: 1 } }")  # bad: kept old
         time.sleep(5 * POLL)
         assert server.core.manager("det").label_version("stable") == 1
+        config_file.write_text("")  # caught mid-write: not "no models"
+        time.sleep(5 * POLL)
+        assert server.core.model_names() == ["det"]
     finally:
         server.stop()
 

@@ -226,54 +226,15 @@ def compare(read: LogRead, model: str, baseline: int, candidate: int,
         return class_names[label - 1] if 0 < label <= len(class_names) else f"class {label}"
 
     pairs, pairs_by = _pairs(read.items, baseline, candidate)
-    matched: dict[str, list[float]] = collections.defaultdict(list)
-    unmatched = collections.Counter()
-    agreeing = 0
-    for a, b in pairs:
-        found = match(a, b, iou)
-        if len(found) == len(a.scores) == len(b.scores):
-            agreeing += 1
-        for i, j in found:
-            matched[name(a.classes[i])].append(float(b.scores[j] - a.scores[i]))
-        for side, item, used in (("baseline", a, {i for i, _ in found}),
-                                 ("candidate", b, {j for _, j in found})):
-            for k in set(range(len(item.scores))) - used:
-                unmatched[(name(item.classes[k]), side)] += 1
+    agreeing, matched, unmatched = _match_pairs(pairs, iou, name)
     scores: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
     for item in read.items:
         for label, score in zip(item.classes, item.scores, strict=True):
             scores[(name(label), item.version)].append(float(score))
-    classes = {}
-    for cls in sorted({c for c, _ in scores} | set(matched)):
-        base_scores, cand_scores = scores[(cls, baseline)], scores[(cls, candidate)]
-        row: dict[str, Any] = {
-            "baseline_detections": len(base_scores), "candidate_detections": len(cand_scores),
-            "baseline_mean_score": round(float(np.mean(base_scores)), 4) if base_scores else None,
-            "candidate_mean_score": round(float(np.mean(cand_scores)), 4) if cand_scores
-            else None,
-            "matched": len(matched[cls]),
-            "unmatched_baseline": unmatched[(cls, "baseline")],
-            "unmatched_candidate": unmatched[(cls, "candidate")],
-        }
-        if pairs:
-            row["score_shift"] = round(float(np.mean(matched[cls])), 4) if matched[cls] \
-                else None
-            row["shift_from"] = "matched detections"
-            row["gated"] = len(matched[cls]) >= MIN_CLASS_OBSERVATIONS
-        else:
-            both = base_scores and cand_scores
-            row["score_shift"] = round(row["candidate_mean_score"]
-                                       - row["baseline_mean_score"], 4) if both else None
-            row["shift_from"] = "score distributions (no paired images)"
-            row["gated"] = min(len(base_scores), len(cand_scores)) >= MIN_CLASS_OBSERVATIONS
-        classes[cls] = row
-    latencies: dict[int, list[float]] = collections.defaultdict(list)
-    roles = collections.Counter()
-    for request in read.requests:
-        roles[(request.version, request.role)] += 1
-        if request.latency_ms is not None:
-            latencies[request.version].append(request.latency_ms)
-    latency = {str(v): _latency(latencies[v]) for v in (baseline, candidate)}
+    classes = {cls: _class_row(scores[(cls, baseline)], scores[(cls, candidate)],
+                               matched[cls], unmatched, cls, bool(pairs))
+               for cls in sorted({c for c, _ in scores} | set(matched))}
+    roles, latency = _requests(read.requests, baseline, candidate)
     base_p50, cand_p50 = latency[str(baseline)]["p50"], latency[str(candidate)]["p50"]
     shadow_ids = {(i.request_id) for a, i in pairs if i.role == SHADOW}
     return {
@@ -301,3 +262,64 @@ def compare(read: LogRead, model: str, baseline: int, candidate: int,
                  "other_models": read.other_models, "other_versions": read.other_versions,
                  "unreadable": read.unreadable},
     }
+
+
+def _match_pairs(pairs: list[tuple[Item, Item]], iou: float, name: Any
+                 ) -> tuple[int, dict[str, list[float]], collections.Counter]:
+    """Images agreeing, per class the score changes of matched detections, and the
+    unmatched detections per (class, side)."""
+    matched: dict[str, list[float]] = collections.defaultdict(list)
+    unmatched: collections.Counter = collections.Counter()
+    agreeing = 0
+    for a, b in pairs:
+        found = match(a, b, iou)
+        if len(found) == len(a.scores) == len(b.scores):
+            agreeing += 1
+        for i, j in found:
+            matched[name(a.classes[i])].append(float(b.scores[j] - a.scores[i]))
+        for side, item, used in (("baseline", a, {i for i, _ in found}),
+                                 ("candidate", b, {j for _, j in found})):
+            for k in set(range(len(item.scores))) - used:
+                unmatched[(name(item.classes[k]), side)] += 1
+    return agreeing, matched, unmatched
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _class_row(base_scores: list[float], cand_scores: list[float], matched: list[float],
+               unmatched: collections.Counter, cls: str, paired: bool) -> dict[str, Any]:
+    """One class's counts and score shift: over matched detections when images were
+    paired, else between the two versions' score distributions."""
+    row: dict[str, Any] = {
+        "baseline_detections": len(base_scores), "candidate_detections": len(cand_scores),
+        "baseline_mean_score": _mean(base_scores),
+        "candidate_mean_score": _mean(cand_scores),
+        "matched": len(matched),
+        "unmatched_baseline": unmatched[(cls, "baseline")],
+        "unmatched_candidate": unmatched[(cls, "candidate")],
+    }
+    if paired:
+        row["score_shift"] = _mean(matched)
+        row["shift_from"] = "matched detections"
+        row["gated"] = len(matched) >= MIN_CLASS_OBSERVATIONS
+    else:
+        both = base_scores and cand_scores
+        row["score_shift"] = round(row["candidate_mean_score"]
+                                   - row["baseline_mean_score"], 4) if both else None
+        row["shift_from"] = "score distributions (no paired images)"
+        row["gated"] = min(len(base_scores), len(cand_scores)) >= MIN_CLASS_OBSERVATIONS
+    return row
+
+
+def _requests(requests: list[Request], baseline: int, candidate: int
+              ) -> tuple[collections.Counter, dict[str, dict[str, Any]]]:
+    """Requests per (version, role), and latency per version."""
+    latencies: dict[int, list[float]] = collections.defaultdict(list)
+    roles: collections.Counter = collections.Counter()
+    for request in requests:
+        roles[(request.version, request.role)] += 1
+        if request.latency_ms is not None:
+            latencies[request.version].append(request.latency_ms)
+    return roles, {str(v): _latency(latencies[v]) for v in (baseline, candidate)}
