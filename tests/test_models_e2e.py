@@ -208,7 +208,11 @@ def test_candidate_canary_stable_rollback_with_a_live_server(two_pushes, tmp_pat
         server.terminate()
         _, stderr = server.communicate(timeout=60)
     assert server.returncode == 0, stderr.decode()[-3000:]
+    check_history(home, v1, v2)
 
+
+def check_history(home: str, v1: str, v2: str) -> None:
+    """Every step of the test above in `models show`, the model card and ML Metadata."""
     first = models(home, "show", v1, "--json", "--no-card")
     second = models(home, "show", v2, "--json")
     assert first["stage"] == "stable" and second["stage"] == "retired"

@@ -63,6 +63,16 @@ PASSING = {"mode": "shadow", "requests": {"paired": 25, "candidate": 25, "baseli
            "images_paired": 25, "agreement": 1.0, "classes": {}, "latency_ratio": 1.0}
 
 
+def stable_then_canary(registry: Registry, v1: str, v2: str) -> None:
+    """v1 stable through canary; v2 canary, approved, with passing shadow evidence."""
+    registry.promote(v1, "canary", "bob", "try it")
+    registry.approve(v1, "alice", "reviewed")
+    registry.promote(v1, "stable", "bob", "first")
+    registry.promote(v2, "canary", "bob", "next")
+    registry.approve(v2, "alice", "reviewed")
+    registry.record_comparison({**PASSING, "baseline": v1, "candidate": v2}, "carol")
+
+
 def test_every_refusal_says_why(home):
     home, (v1, v2) = home
     assert "unknown version 123 of model sightline-tiny (pushed versions: " \
@@ -107,12 +117,7 @@ def refused_usage(result) -> str:
 def test_the_history_is_append_only_in_ml_metadata_and_derives_the_stages(home):
     home, (v1, v2) = home
     registry = Registry(home, MODEL, SETTINGS)
-    registry.promote(v1, "canary", "bob", "try it")
-    registry.approve(v1, "alice", "reviewed")
-    registry.promote(v1, "stable", "bob", "first")
-    registry.promote(v2, "canary", "bob", "next")
-    registry.approve(v2, "alice", "reviewed")
-    registry.record_comparison({**PASSING, "baseline": v1, "candidate": v2}, "carol")
+    stable_then_canary(registry, v1, v2)
     registry.promote(v2, "stable", "bob", "better")
     registry.rollback("dave", "regression in the field")
     assert {r["version"]: r["stage"] for r in registry.versions()} == {v1: "stable",
@@ -186,12 +191,7 @@ def test_concurrent_promotions_cannot_both_win(home, monkeypatch):
 def test_a_crash_between_the_record_and_the_config_keeps_the_previous_labels(home, monkeypatch):
     home, (v1, v2) = home
     registry = Registry(home, MODEL, SETTINGS)
-    registry.promote(v1, "canary", "bob", "")
-    registry.approve(v1, "alice", "")
-    registry.promote(v1, "stable", "bob", "")
-    registry.promote(v2, "canary", "bob", "")
-    registry.approve(v2, "alice", "")
-    registry.record_comparison({**PASSING, "baseline": v1, "candidate": v2}, "carol")
+    stable_then_canary(registry, v1, v2)
     path = serving_config.path_for(home)
     before = open(path).read()
 

@@ -12,12 +12,13 @@ import time
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving.model_config import LoggingSettings, parse_model_server_config
 from serving.request_log import LATENCY_MS, REQUEST_ID, ROLE, ROUTE
 from tests import serving_fixture as sf
 from tests.test_serving_request_log import read_logs
+from tests.test_serving_versions import grpc_predict
 
 POLL = 0.05
 
@@ -50,19 +51,6 @@ def base(tmp_path):
     return path
 
 
-def predict(stub, image: bytes, **spec) -> predict_pb2.PredictResponse:
-    import tensorflow as tf
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "det"
-    if "version" in spec:
-        request.model_spec.version.value = spec["version"]
-    if "label" in spec:
-        request.model_spec.version_label = spec["label"]
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto([image]))
-    return stub.Predict(request, timeout=30)
-
-
 def shadow_count(server, version: int, outcome: str) -> float:
     return server.metrics.shadow_requests.labels("det", str(version), outcome)._value.get()
 
@@ -75,12 +63,12 @@ def test_canary_fraction_splits_unlabelled_traffic_only(base):
     image = sf.encode_image(3)
     try:
         answered = collections.Counter(
-            predict(stub, image).model_spec.version.value for _ in range(200))
+            grpc_predict(stub, image).model_spec.version.value for _ in range(200))
         assert set(answered) == {1, 2}
         assert 30 <= answered[2] <= 90, answered  # 60 expected; binomial sd 6.5
         for _ in range(20):  # a label or a version is never re-routed
-            assert predict(stub, image, label="stable").model_spec.version.value == 1
-            assert predict(stub, image, version=1).model_spec.version.value == 1
+            assert grpc_predict(stub, image, label="stable").model_spec.version.value == 1
+            assert grpc_predict(stub, image, version=1).model_spec.version.value == 1
     finally:
         channel.close()
         server.stop()
@@ -100,13 +88,13 @@ def test_shadow_copies_run_on_the_canary_and_are_logged_never_returned(base, tmp
     try:
         for i, image in enumerate(images):
             spec = {"label": "stable"} if i % 2 else {}
-            response = predict(stub, image, **spec)
+            response = grpc_predict(stub, image, **spec)
             assert response.model_spec.version.value == 1
             want = sf.reference_outputs(sf.exported_model(0), [image])["detection_scores"]
             np.testing.assert_allclose(tf.make_ndarray(response.outputs["detection_scores"]),
                                        want, rtol=1e-5, atol=1e-6)
-        predict(stub, images[0], label="canary")  # canary traffic is not mirrored
-        predict(stub, images[0], version=1)  # nor a request pinned to a version
+        grpc_predict(stub, images[0], label="canary")  # canary traffic is not mirrored
+        grpc_predict(stub, images[0], version=1)  # nor a request pinned to a version
         sf.wait_for(lambda: shadow_count(server, 2, "ok") == len(images))
     finally:
         channel.close()
@@ -154,7 +142,7 @@ def test_shadow_work_is_bounded_and_never_slows_the_answer(base):
     try:
         started = time.monotonic()
         for _ in range(6):
-            assert predict(stub, image).model_spec.version.value == 1
+            assert grpc_predict(stub, image).model_spec.version.value == 1
         assert time.monotonic() - started < 10  # answers did not wait for the shadow
         assert shadow_count(server, 2, "dropped") == 5  # one in flight, the rest dropped
         release.set()
@@ -183,7 +171,7 @@ def test_labels_move_through_promote_and_rollback_without_a_failed_request(base,
         image = sf.encode_image(9)
         while not stop.is_set():
             try:
-                answered[predict(stub, image, **spec).model_spec.version.value] += 1
+                answered[grpc_predict(stub, image, **spec).model_spec.version.value] += 1
             except grpc.RpcError as e:
                 failures.append(f"{spec}: {e.code()} {e.details()}")
         channel.close()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
@@ -53,18 +52,10 @@ class UnknownModelError(LookupError):
 
 
 def connect(path: str) -> metadata_store.MetadataStore:
-    """A writable connection to a Sightline home's SQLite store (which must exist).
+    """A writable connection to a Sightline home's SQLite store (which must exist)."""
+    from pipelines.reports.runs import connect as open_store
 
-    ``pipelines.reports.runs.connect`` opens it read-only; the registry writes.
-    """
-    if not os.path.exists(path):
-        from pipelines.reports.runs import NoRunsError
-
-        raise NoRunsError(f"no ML Metadata store at {path}: run `sightline run` first")
-    config = pb.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return metadata_store.MetadataStore(config)
+    return open_store(path, writable=True)
 
 
 @dataclasses.dataclass(frozen=True)
