@@ -29,7 +29,7 @@ import os
 from typing import Any
 
 from pipelines.registry import rules
-from pipelines.registry.registry import RELEASE_FILE, Registry
+from pipelines.registry.registry import RELEASE_FILE, Registry, read_json
 
 SCHEMA_VERSION = "0.0.2"
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "model_card.schema.json")
@@ -53,7 +53,7 @@ def build(registry: Registry, version: str) -> dict[str, Any]:
     report = evaluation.build(summary)
     loaded = eval_results.load_metrics(summary["evaluation"]["uri"])
     row = registry.version(version)
-    release = _read_json(os.path.join(row["path"], RELEASE_FILE))
+    release = read_json(os.path.join(row["path"], RELEASE_FILE))
     class_names = registry.class_names(version)
     sightline = {
         "model": {"name": registry.model, "version": version, "stage": row["stage"],
@@ -120,7 +120,8 @@ def intended_use(class_names: list[str], report: dict[str, Any]) -> dict[str, li
 def _data(summary: dict[str, Any]) -> dict[str, Any]:
     examples = summary.get("examples") or {}
     return {k: examples.get(k) for k in ("artifact_id", "uri", "span", "splits", "quarantined",
-                                         "quarantine_reasons", "quarantine_report")}
+                                         "quarantine_reasons", "quarantine_report",
+                                         "listed_images", "quarantined_images")}
 
 
 def gate_margins(evaluation_uri: str, loaded: dict[str, Any]) -> list[dict[str, Any]]:
@@ -208,6 +209,9 @@ def _release(registry: Registry, snap: Any, version: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------- model-card-toolkit schema
 
+_PLOTS = (("class_ap", "AP per class"), ("slices", "mAP per slice"),
+          ("reliability", "Reliability (calibration)"))
+
 
 def _uri(path: str) -> str:
     return path if "://" in path else "file://" + os.path.abspath(path)
@@ -224,11 +228,75 @@ def _metric(kind: str, value: Any, slice_name: str) -> dict[str, str]:
 
 def to_model_card_toolkit(s: dict[str, Any], plots: dict[str, str]) -> dict[str, Any]:
     """The card in model-card-toolkit's schema v0.0.2 (its fields only)."""
-    model, data, hparams = s["model"], s["data"], s["hyperparameters"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model_details": _mct_details(s),
+        "model_parameters": _mct_parameters(s),
+        "quantitative_analysis": {
+            "performance_metrics": _mct_metrics(s),
+            "graphics": {"description": "From the Evaluator's output (IoU 0.5 for PR and "
+                                        "calibration)",
+                         "collection": [{"name": title, "image": plots[key]}
+                                        for key, title in _PLOTS if key in plots]},
+        },
+        "considerations": _mct_considerations(s),
+    }
+
+
+def _mct_details(s: dict[str, Any]) -> dict[str, Any]:
+    model, hparams = s["model"], s["hyperparameters"]
     history = "; ".join(f"{rules.when(r['time'])}: {r['from_stage']} -> {r['to_stage']} by "
                         f"{r['actor']} ({r['reason']})" for r in s["release"]["history"])
     approvals = "; ".join(f"{rules.when(r['time'])} by {r['actor']} ({r['reason']})"
                           for r in s["release"]["approvals"])
+    return {
+        "name": model["name"],
+        "overview": (f"Object detector {model['name']} version {model['version']}, "
+                     f"stage {model['stage']}, pushed by run {model['run_id']}."),
+        "documentation": (f"Code version: {s['code_version']}. Hyperparameters: "
+                          + ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
+                          + f". Approvals: {approvals or 'none'}."),
+        "version": {"name": model["version"], "date": _date(model["pushed_at"]),
+                    "diff": f"Stage history: {history or 'candidate since the push'}."},
+        "references": [{"reference": _uri(model["path"])}]
+        + [{"reference": _uri(e["uri"])} for e in s["lineage"]["examples"]],
+        "path": model["path"],
+    }
+
+
+def _mct_parameters(s: dict[str, Any]) -> dict[str, Any]:
+    hparams = s["hyperparameters"]
+    return {
+        "model_architecture": ("Single-stage anchor-free detector (CenterNet-style heads) "
+                               + ", ".join(f"{k}={hparams[k]}" for k in
+                                           ("model_size", "input_size") if k in hparams)),
+        "data": _mct_datasets(s["data"]),
+        "input_format": "serving_default: encoded JPEG/PNG bytes (images); "
+                        "serving_examples: serialized tf.Example (examples)",
+        "output_format": "detection_boxes [K, 4] normalized ymin, xmin, ymax, xmax; "
+                         "detection_scores [K]; detection_classes [K] (1-based); "
+                         "num_detections",
+        "output_format_map": [{"key": f"detection_classes {i + 1}", "value": name}
+                              for i, name in enumerate(s["model"]["class_names"])],
+    }
+
+
+def _mct_datasets(data: dict[str, Any]) -> list[dict[str, str]]:
+    """One MCT dataset per split: counts, content hash, the ingestion's quarantine."""
+    quarantine = (f"{data.get('quarantined_images')} of {data.get('listed_images')} listed "
+                  f"images and {data.get('quarantined')} records in all quarantined at "
+                  f"ingestion ({json.dumps(data.get('quarantine_reasons'))})")
+    return [{
+        "name": f"{split} split (span {data.get('span')})",
+        "link": _uri(data["uri"]) if data.get("uri") else "",
+        "description": (f"{info.get('num_examples')} examples, content SHA-256 "
+                        f"{info.get('content_hash')}; {quarantine}; Examples artifact "
+                        f"{data.get('artifact_id')} in ML Metadata"),
+    } for split, info in sorted((data.get("splits") or {}).items())]
+
+
+def _mct_metrics(s: dict[str, Any]) -> list[dict[str, str]]:
+    """Every number of the card as MCT performance metrics, sliced by what it is about."""
     metrics = [_metric(r["metric"], r["value"], "overall") for r in s["metrics"]["overall"]
                if r["value"] is not None]
     for row in s["metrics"]["slices"]:
@@ -244,145 +312,180 @@ def to_model_card_toolkit(s: dict[str, Any], plots: dict[str, str]) -> dict[str,
     for name, variant in s["edge"]["variants"].items():
         metrics += [_metric(f"edge {k}", variant[k], f"edge variant: {name}")
                     for k in ("mAP", "mAP_change", "size_bytes") if k in variant]
-    splits = data.get("splits") or {}
-    datasets = [{
-        "name": f"{split} split (span {data.get('span')})",
-        "link": _uri(data["uri"]) if data.get("uri") else "",
-        "description": (f"{info.get('num_examples')} examples, content SHA-256 "
-                        f"{info.get('content_hash')}; {data.get('quarantined')} records "
-                        f"quarantined at ingestion ({data.get('quarantine_reasons')}); "
-                        f"Examples artifact {data.get('artifact_id')} in ML Metadata"),
-    } for split, info in sorted(splits.items())]
+    return metrics
+
+
+def _mct_considerations(s: dict[str, Any]) -> dict[str, Any]:
+    edge = s["edge"]
     tradeoffs = [{"description": f"Edge variant {name}: {v.get('size_bytes', 0) / 1024:.0f} KB, "
                                  f"mAP {v.get('mAP', 0):.4f} ({v.get('mAP_change', 0):+.4f} "
                                  "versus the float model)"}
-                 for name, v in s["edge"]["variants"].items()] or [
-        {"description": s["edge"].get("note", "")}]
+                 for name, v in edge["variants"].items()] or [
+        {"description": edge.get("note", "")}]
+    use = s["intended_use"]
     return {
-        "schema_version": SCHEMA_VERSION,
-        "model_details": {
-            "name": model["name"],
-            "overview": (f"Object detector {model['name']} version {model['version']}, "
-                         f"stage {model['stage']}, pushed by run {model['run_id']}."),
-            "documentation": (
-                f"Code version: {s['code_version']}. Hyperparameters: "
-                + ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
-                + f". Approvals: {approvals or 'none'}."),
-            "version": {"name": model["version"], "date": _date(model["pushed_at"]),
-                        "diff": f"Stage history: {history or 'candidate since the push'}."},
-            "references": [{"reference": _uri(model["path"])}]
-            + [{"reference": _uri(e["uri"])} for e in s["lineage"]["examples"]],
-            "path": model["path"],
-        },
-        "model_parameters": {
-            "model_architecture": ("Single-stage anchor-free detector (CenterNet-style heads) "
-                                   + ", ".join(f"{k}={hparams[k]}" for k in
-                                               ("model_size", "input_size") if k in hparams)),
-            "data": datasets,
-            "input_format": "serving_default: encoded JPEG/PNG bytes (images); "
-                            "serving_examples: serialized tf.Example (examples)",
-            "output_format": "detection_boxes [K, 4] normalized ymin, xmin, ymax, xmax; "
-                             "detection_scores [K]; detection_classes [K] (1-based); "
-                             "num_detections",
-            "output_format_map": [{"key": f"detection_classes {i + 1}", "value": name}
-                                  for i, name in enumerate(model["class_names"])],
-        },
-        "quantitative_analysis": {
-            "performance_metrics": metrics,
-            "graphics": {"description": "From the Evaluator's output (IoU 0.5 for PR and "
-                                        "calibration)",
-                         "collection": [{"name": title, "image": plots[key]} for key, title in
-                                        (("class_ap", "AP per class"),
-                                         ("slices", "mAP per slice"),
-                                         ("reliability", "Reliability (calibration)"))
-                                        if key in plots]},
-        },
-        "considerations": {
-            "users": [{"description": d} for d in s["intended_use"]["users"]],
-            "use_cases": [{"description": d} for d in s["intended_use"]["for"]],
-            "limitations": [{"description": d} for d in s["intended_use"]["not_for"]],
-            "tradeoffs": tradeoffs,
-            "ethical_considerations": [{
-                "name": "Detections acted on without review",
-                "mitigation_strategy": "Per-class score thresholds; calibration reported; "
-                                       "promotion needs an approval and canary evidence."}],
-        },
+        "users": [{"description": d} for d in use["users"]],
+        "use_cases": [{"description": d} for d in use["for"]],
+        "limitations": [{"description": d} for d in use["not_for"]],
+        "tradeoffs": tradeoffs,
+        "ethical_considerations": [{
+            "name": "Detections acted on without review",
+            "mitigation_strategy": "Per-class score thresholds; calibration reported; "
+                                   "promotion needs an approval and canary evidence."}],
     }
 
 
 # ----------------------------------------------------------------------------- HTML
 
+_e = html.escape
+
 
 def render_html(card: dict[str, Any]) -> str:
     """One self-contained page; every value from the records is escaped."""
-    from pipelines.reports.html import STYLE, cell, table
+    from pipelines.reports.html import STYLE
 
     s, mct = card["sightline"], card["model_card"]
     model = s["model"]
-    e = html.escape
-
-    def items(values: list[str]) -> str:
-        return "<ul>" + "".join(f"<li>{e(v)}</li>" for v in values) + "</ul>"
-
-    def kv(mapping: dict[str, Any]) -> str:
-        return table([{"key": k, "value": v if isinstance(v, int | float | str) or v is None
-                       else json.dumps(v)} for k, v in sorted(mapping.items())],
-                     ["key", "value"])
-
-    images = "".join(f"<h3>{e(g['name'])}</h3><img src='data:image/png;base64,{g['image']}'>"
-                     for g in mct["quantitative_analysis"]["graphics"]["collection"])
-    release = s["release"]
-    history = [{**r, "time": rules.when(r["time"])} for r in release["history"]]
-    approvals = [{**r, "time": rules.when(r["time"])} for r in release["approvals"]]
-    comparisons = [{**r, "time": rules.when(r["time"]),
-                    "problems": "; ".join(r["problems"]) or "none"}
-                   for r in release["comparisons"]]
-    data = s["data"]
-    splits = [{"split": k, **v} for k, v in sorted((data.get("splits") or {}).items())]
-    edge = s["edge"]
-    edge_html = (table([{"variant": k, **v} for k, v in edge["variants"].items()],
-                       ["variant", "size_bytes", "mAP", "mAP50", "D-ECE", "mAP_change"])
-                 + (f"<p>Shipped: {e(json.dumps(edge.get('shipped')))}</p>"
-                    if edge.get("shipped") else "")
-                 if edge["enabled"] else f"<p>{e(edge['note'])}</p>")
-    lineage = s["lineage"]
+    plots = {g["name"]: g["image"] for g in mct["quantitative_analysis"]["graphics"]
+             ["collection"]}
     return f"""<!doctype html><html><head><meta charset=utf-8>
-<title>Model card · {e(model['name'])} {e(model['version'])}</title><style>{STYLE}
-td{{text-align:left}}</style></head><body>
-<h1>Model card: {e(model['name'])} version {e(model['version'])}</h1>
-<p>Stage <b>{e(model['stage'])}</b> · {'blessed' if model['blessed'] else
-                                        '<span class=bad>not blessed</span>'} ·
-pushed {e(rules.when(model['pushed_at']))} by run {e(model['run_id'])} ·
-<code>{e(model['path'])}</code></p>
-<h2>Intended use</h2><h3>For</h3>{items(s['intended_use']['for'])}
-<h3>Not for</h3>{items(s['intended_use']['not_for'])}
-<h2>Training and evaluation data</h2>
-<p>Examples artifact {cell(data.get('artifact_id'))}, span {cell(data.get('span'))},
-{cell(data.get('quarantined'))} records quarantined
-({e(json.dumps(data.get('quarantine_reasons')))}).</p>
-{table(splits, ['split', 'num_examples', 'content_hash'])}
-<h2>Metrics</h2>{table(s['metrics']['overall'], ['metric', 'value', 'baseline', 'change'])}
-<h3>Slices</h3>{table(s['metrics']['slices'], ['slice', 'images', *_SLICE_KEYS,
-                                               'baseline_mAP', 'change_mAP'])}
-<h3>Per class</h3>{table(s['metrics']['classes'], ['class', 'objects', 'AP', 'AP50',
-                                                   'score_threshold', 'F1', 'D-ECE'])}
-<h2>Gates and margins</h2>{table(s['gates'], ['gate', 'slice', 'value', 'threshold',
-                                               'margin', 'passed'])}
-<h2>Calibration</h2><p>D-ECE (IoU 0.5): {cell(s['calibration']['D-ECE'])}</p>
-<h2>Per-class score thresholds</h2>{kv(s['score_thresholds'])}
-<h2>Edge variants</h2>{edge_html}
-<h2>Hyperparameters</h2>{kv(s['hyperparameters'])}
-<h2>Code version</h2><p><code>{e(s['code_version'])}</code></p>
-<h2>Lineage</h2>{table(lineage['edges'], ['to_type', 'to_artifact', 'execution', 'input',
-                                          'from_type', 'from_artifact'])}
-<h2>Release history</h2>{table(history, ['time', 'from_stage', 'to_stage', 'action',
-                                         'actor', 'reason'])}
-<h3>Approvals</h3>{table(approvals, ['time', 'actor', 'reason'])}
-<h3>Comparisons</h3>{table(comparisons, ['time', 'baseline', 'version', 'mode', 'passed',
-                                        'actor', 'problems'])}
-<h2>Plots</h2>{images}
-<p>JSON: model-card-toolkit schema {e(mct['schema_version'])} under <code>model_card</code>,
+<title>Model card · {_e(model['name'])} {_e(model['version'])}</title><style>{STYLE}
+td,th{{text-align:left}}</style></head><body>
+<h1>Model card: {_e(model['name'])} version {_e(model['version'])}</h1>
+{_html_model(model)}
+<h2>Intended use</h2><h3>For</h3>{_items(s['intended_use']['for'])}
+<h3>Not for</h3>{_items(s['intended_use']['not_for'])}
+{_html_data(s['data'])}
+{_html_metrics(s, plots)}
+{_html_calibration(s['calibration'], plots)}
+<h2>Per-class score thresholds</h2>{_kv(s['score_thresholds'])}
+{_html_edge(s['edge'])}
+<h2>Hyperparameters</h2>{_kv(s['hyperparameters'])}
+<h2>Code version</h2><p><code>{_e(s['code_version'])}</code></p>
+{_html_lineage(s['lineage'])}
+{_html_release(s['release'])}
+<p>JSON: model-card-toolkit schema {_e(mct['schema_version'])} under <code>model_card</code>,
 the same facts structured under <code>sightline</code>.</p></body></html>"""
+
+
+def _items(values: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{_e(v)}</li>" for v in values) + "</ul>"
+
+
+def _kv(mapping: dict[str, Any]) -> str:
+    from pipelines.reports.html import table
+
+    return table([{"key": k, "value": v if isinstance(v, int | float | str) or v is None
+                   else json.dumps(v)} for k, v in sorted(mapping.items())], ["key", "value"])
+
+
+def _img(plots: dict[str, str], title: str) -> str:
+    return (f"<img alt='{_e(title)}' src='data:image/png;base64,{_e(plots[title])}'>"
+            if title in plots else "")
+
+
+def _html_model(model: dict[str, Any]) -> str:
+    blessed = "blessed" if model["blessed"] else "<span class=bad>not blessed</span>"
+    return (f"<p>Stage <b>{_e(model['stage'])}</b> · {blessed} · pushed "
+            f"{_e(rules.when(model['pushed_at']))} by run {_e(model['run_id'])} · "
+            f"<code>{_e(model['path'])}</code></p>")
+
+
+def _html_data(data: dict[str, Any]) -> str:
+    from pipelines.reports.html import cell, table
+
+    splits = [{"split": k, **v} for k, v in sorted((data.get("splits") or {}).items())]
+    reasons = data.get("quarantine_reasons") or {}
+    return f"""<h2>Training and evaluation data</h2>
+<p>Examples artifact {cell(data.get('artifact_id'))}, span {cell(data.get('span'))}:
+{cell(data.get('listed_images'))} images listed, {cell(data.get('quarantined_images'))}
+quarantined; {cell(data.get('quarantined'))} quarantine records in all.</p>
+{table(splits, ['split', 'num_examples', 'content_hash'])}
+<h3>Quarantine reasons</h3>{_kv(reasons) if reasons else '<p>none</p>'}"""
+
+
+def _html_metrics(s: dict[str, Any], plots: dict[str, str]) -> str:
+    from pipelines.reports.html import table
+
+    metrics = s["metrics"]
+    return f"""<h2>Metrics</h2>{table(metrics['overall'], ['metric', 'value', 'baseline',
+                                                        'change'])}
+<h3>Slices</h3>{table(metrics['slices'], ['slice', 'images', *_SLICE_KEYS, 'baseline_mAP',
+                                          'change_mAP'])}{_img(plots, 'mAP per slice')}
+<h3>Per class</h3>{table(metrics['classes'], ['class', 'objects', 'AP', 'AP50',
+                                              'score_threshold', 'F1', 'D-ECE'])}
+{_img(plots, 'AP per class')}
+<h2>Gates and margins</h2>{table(s['gates'], ['gate', 'slice', 'value', 'threshold',
+                                               'margin', 'passed'])}"""
+
+
+def _html_calibration(calibration: dict[str, Any], plots: dict[str, str]) -> str:
+    from pipelines.reports.html import cell, table
+
+    bins = calibration["reliability"]
+    rows = [{"bin": i + 1, "detections": int(n), "mean score": score, "precision": precision}
+            for i, (n, score, precision) in enumerate(zip(
+                bins.get("count") or [], bins.get("score") or [], bins.get("precision") or [],
+                strict=False)) if n]
+    per_class = [{"class": k, "D-ECE": v} for k, v in sorted(calibration["per_class"].items())]
+    return f"""<h2>Calibration</h2><p>D-ECE (IoU 0.5): {cell(calibration['D-ECE'])}</p>
+{table(per_class, ['class', 'D-ECE'])}
+<h3>Reliability</h3>{table(rows, ['bin', 'detections', 'mean score', 'precision'])}
+{_img(plots, 'Reliability (calibration)')}"""
+
+
+def _html_edge(edge: dict[str, Any]) -> str:
+    from pipelines.reports.html import table
+
+    if not edge["enabled"]:
+        return f"<h2>Edge variants</h2><p>{_e(edge['note'])}</p>"
+    rows = [{"variant": k, **v} for k, v in edge["variants"].items()]
+    shipped = (f"<p>Shipped: {_e(json.dumps(edge['shipped']))}</p>"
+               if edge.get("shipped") else "")
+    return ("<h2>Edge variants</h2>"
+            + table(rows, ["variant", "size_bytes", "mAP", "mAP50", "D-ECE", "mAP_change"])
+            + shipped)
+
+
+def _html_lineage(lineage: dict[str, Any]) -> str:
+    from pipelines.reports.html import table
+
+    return "<h2>Lineage</h2>" + table(lineage["edges"], [
+        "to_type", "to_artifact", "execution", "input", "from_type", "from_artifact"])
+
+
+def _evidence(evidence: Any) -> str:
+    """A record's evidence in a line: what it was checked against, by ML Metadata id."""
+    if not isinstance(evidence, dict):
+        return str(evidence or "")
+    parts = []
+    for key, value in sorted(evidence.items()):
+        if key == "settings":
+            continue
+        if isinstance(value, dict):
+            value = value.get("artifact_id", value.get("id", json.dumps(value, default=str)))
+        parts.append(f"{key}: {value}")
+    return "; ".join(parts)
+
+
+def _html_release(release: dict[str, Any]) -> str:
+    from pipelines.reports.html import table
+
+    def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "time": rules.when(r["time"]), "evidence": _evidence(r.get("evidence")),
+                 "problems": "; ".join(r.get("problems", [])) or "none"} for r in records]
+
+    def section(records: list[dict[str, Any]], columns: list[str], empty: str) -> str:
+        return table(rows(records), columns) if records else f"<p>{empty}</p>"
+
+    return f"""<h2>Release history</h2><p>Stage now: <b>{_e(release['stage'])}</b></p>
+{section(release['history'], ['time', 'from_stage', 'to_stage', 'action', 'actor', 'reason',
+                              'evidence'], 'No stage changes: a candidate since its push.')}
+<h3>Approvals</h3>{section(release['approvals'], ['time', 'actor', 'reason', 'evidence'],
+                           'None yet.')}
+<h3>Comparisons</h3>{section(release['comparisons'], ['time', 'baseline', 'version', 'mode',
+                                                      'passed', 'actor', 'problems'],
+                             'None recorded.')}"""
 
 
 def write(card: dict[str, Any], out_dir: str) -> tuple[str, str]:
@@ -403,11 +506,3 @@ def default_dir(home: str, model: str, version: str) -> str:
 
 def _round(value: Any) -> float | None:
     return None if value is None else round(float(value), 4)
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}

@@ -159,7 +159,7 @@ class Registry:
     def _version_row(self, snap: Snapshot, version: str) -> dict[str, Any]:
         facts = self.facts(snap, version)
         pushed = snap.pushed[version]
-        release = _read_json(os.path.join(facts.path, RELEASE_FILE))
+        release = read_json(os.path.join(facts.path, RELEASE_FILE))
         approval = facts.approval
         return {
             "model": self.model,
@@ -200,7 +200,7 @@ class Registry:
         """The version's class names (label i+1 is names[i]), from its hparams.json."""
         path = self.snapshot().pushed[str(version)].custom_properties[
             "pushed_destination"].string_value
-        return list(_read_json(os.path.join(path, HPARAMS_FILE)).get("class_names", []))
+        return list(read_json(os.path.join(path, HPARAMS_FILE)).get("class_names", []))
 
     def log_prefix(self) -> str:
         """Where this model's request logs go: models.config's logging_config, or the
@@ -473,7 +473,8 @@ def _report_summary(report: dict[str, Any]) -> dict[str, Any]:
     return {k: report.get(k) for k in keep}
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON file's object, or {} when it is missing or unreadable."""
     try:
         with open(path) as f:
             return json.load(f)
