@@ -90,6 +90,12 @@ def test_model_card_of_the_default_run_has_every_section(tiny_run):
     assert s["lineage"]["pushed_model"]["version"] == version and s["lineage"]["edges"]
     assert s["release"] == {"stage": "candidate", "history": [], "approvals": [],
                             "comparisons": []}
+    facts = shown["model_card"]["summary"]  # `models show` tells the card's key facts
+    assert facts["data"]["splits"] == {k: v["num_examples"] for k, v in splits.items()}
+    assert facts["gates"] and facts["code_version"] == s["code_version"]
+    printed = CliRunner().invoke(main, ["models", "show", version, "--home", home,
+                                        "--config", "tiny"]).stdout
+    assert "model card" in printed and "not for:" in printed and "gate mAP" in printed
     for heading in ("Intended use", "Training and evaluation data", "Gates and margins",
                     "Calibration", "Per-class score thresholds", "Edge variants",
                     "Hyperparameters", "Code version", "Lineage", "Release history"):

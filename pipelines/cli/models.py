@@ -122,17 +122,19 @@ def models_show(version, registry, as_json, card, out_dir) -> None:
               help="Folder (default <home>/reports/model-cards/<model>/<V>).")
 def models_card(version, registry, out_dir) -> None:
     """Write the model card of VERSION (model_card.html and model_card.json)."""
-    paths = _write_card(registry, version, out_dir)
-    console.print(f"model card: {paths['html']}\n      json: {paths['json']}")
+    _print_card(console, _write_card(registry, version, out_dir))
 
 
 def _write_card(registry, version: str, out_dir: str | None) -> dict[str, str]:
+    import logging
+
     from pipelines.registry import card
 
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TFMA's deprecation notices
     built = card.build(registry, version)
     html_path, json_path = card.write(
         built, out_dir or card.default_dir(registry.home, registry.model, version))
-    return {"html": html_path, "json": json_path}
+    return {"html": html_path, "json": json_path, "summary": card.summary(built)}
 
 
 @models_group.command("approve")
@@ -296,10 +298,35 @@ def _print_show(out, row: dict[str, Any]) -> None:
         if r["kind"] == "comparison" and r["baseline"] == row["version"]:
             what = f"baseline of a comparison with {r['version']}"
         table.add_row(when(r["time"]), escape(what), escape(r["actor"]), escape(r["reason"]))
-    out.print(table)
+    out.print(table if row["history"] else "history: none (a candidate since its push)")
     _print_config_status(out, row["models_config"])
     if "model_card" in row:
-        out.print(f"model card: {escape(row['model_card']['html'])}")
+        _print_card(out, row["model_card"])
+
+
+def _print_card(out, card: dict[str, Any]) -> None:
+    facts = card["summary"]
+    data = facts["data"]
+    out.rule("model card")
+    out.print(f"for: {escape(facts['for'])}")
+    for line in facts["not_for"]:
+        out.print(f"not for: {escape(line)}")
+    out.print(f"data: span {data['span']}, examples "
+              + ", ".join(f"{k} {v}" for k, v in data["splits"].items())
+              + f"; {data['quarantined_images']} of {data['listed_images']} listed images "
+              "quarantined")
+    out.print("metrics: " + ", ".join(f"{k} {_num(v)}" for k, v in facts["metrics"].items()))
+    for gate in facts["gates"]:
+        verdict = "[green]passed[/]" if gate["passed"] else "[red]failed[/]"
+        out.print(f"gate {escape(gate['gate'])} ({escape(gate['slice'])}): margin "
+                  f"{_num(gate['margin'])} {verdict}")
+    out.print("score thresholds: " + ", ".join(f"{escape(k)} {_num(v)}" for k, v in
+                                               facts["score_thresholds"].items()))
+    if facts["edge"]:
+        out.print("edge variants, mAP change: " + ", ".join(
+            f"{escape(k)} {_num(v)}" for k, v in facts["edge"].items()))
+    out.print(f"code version: {escape(facts['code_version'])}")
+    out.print(f"model card: {escape(card['html'])}\n      json: {escape(card['json'])}")
 
 
 def _print_compare(out, report: dict[str, Any]) -> None:

@@ -81,6 +81,26 @@ def build(registry: Registry, version: str) -> dict[str, Any]:
             "sightline": sightline}
 
 
+def summary(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's key facts, for ``sightline models show`` (the files hold the rest)."""
+    s = card["sightline"]
+    data = s["data"]
+    return {
+        "for": s["intended_use"]["for"][0],
+        "not_for": s["intended_use"]["not_for"],
+        "data": {"span": data.get("span"), "listed_images": data.get("listed_images"),
+                 "quarantined_images": data.get("quarantined_images"),
+                 "splits": {k: v.get("num_examples")
+                            for k, v in sorted((data.get("splits") or {}).items())}},
+        "metrics": {r["metric"]: r["value"] for r in s["metrics"]["overall"]
+                    if r["metric"] in ("mAP", "mAP50", "D-ECE")},
+        "gates": [{k: g[k] for k in ("gate", "slice", "margin", "passed")} for g in s["gates"]],
+        "score_thresholds": s["score_thresholds"],
+        "edge": {name: v.get("mAP_change") for name, v in s["edge"]["variants"].items()},
+        "code_version": s["code_version"],
+    }
+
+
 # ----------------------------------------------------------------------------- sections
 
 
