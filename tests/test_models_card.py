@@ -94,7 +94,7 @@ def test_model_card_of_the_default_run_has_every_section(tiny_run):
     assert facts["data"]["splits"] == {k: v["num_examples"] for k, v in splits.items()}
     assert facts["gates"] and facts["code_version"] == s["code_version"]
     printed = CliRunner().invoke(main, ["models", "show", version, "--home", home,
-                                        "--config", "tiny"]).stdout
+                                        "--config", "tiny"]).output
     assert "model card" in printed and "not for:" in printed and "gate mAP" in printed
     for heading in ("Intended use", "Training and evaluation data", "Gates and margins",
                     "Calibration", "Per-class score thresholds", "Edge variants",
