@@ -5,7 +5,8 @@
     sightline run --set train.epochs=5 --set gates.map_floor=0.3
 
 Every setting is ``<section>.<field>`` (``data``, ``gates``, ``drift``, ``train``,
-``edge``, ``beam``; ``train.<hparam>`` for the Trainer's ``TrainConfig``), plus the
+``edge``, ``beam``, and ``release`` for ``sightline models``; ``train.<hparam>`` for the
+Trainer's ``TrainConfig``), plus the
 top-level ``pipeline_name`` and ``enable_cache``. Keys and values are checked when the
 config is loaded, with the closest key suggested for a typo. Paths are not
 configuration: they derive from the Sightline home (``SIGHTLINE_HOME``, default
@@ -28,6 +29,7 @@ from pipelines.settings import (
     DriftSettings,
     EdgeSettings,
     GateSettings,
+    ReleaseSettings,
     SyntheticData,
     TrainSettings,
 )
@@ -49,9 +51,10 @@ class RunConfig:
     train: TrainSettings = TrainSettings()
     edge: EdgeSettings = EdgeSettings()
     beam: BeamSettings = BeamSettings()
+    release: ReleaseSettings = ReleaseSettings()  # sightline models; not the DAG's
 
     def sections(self) -> dict[str, Any]:
-        """The typed sections, as ``create_pipeline`` takes them."""
+        """The typed sections, as ``create_pipeline`` takes them (``release`` is not one)."""
         return {name: getattr(self, name)
                 for name in ("data", "gates", "drift", "train", "edge", "beam")}
 
@@ -135,7 +138,7 @@ def _keys(cls: type, prefix: str) -> list[str]:
 
 _NESTED = {cls.__name__: cls for cls in (DataSettings, GateSettings, DriftSettings,
                                          TrainSettings, EdgeSettings, BeamSettings,
-                                         SyntheticData)}
+                                         ReleaseSettings, SyntheticData)}
 
 
 def _set(values: dict[str, Any], key: str, raw: str) -> None:

@@ -190,6 +190,44 @@ class EdgeSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReleaseSettings:
+    """What the release registry (``sightline models``) asks of a canary before stable.
+
+    Not a pipeline setting: ``create_pipeline`` never sees it; ``sightline models`` reads
+    it with the same ``--config``/``--set`` as ``sightline run``.
+    """
+
+    # A comparison must cover this many candidate answers: shadow pairs (the same request
+    # answered by both versions) or, without shadow traffic, canary-routed requests.
+    min_compare_requests: int = 200
+    # Share of paired images whose detections agree (same classes, boxes at IoU >= 0.5).
+    min_agreement: float = 0.9
+    # Largest |mean score change| of a class's matched detections (canary - stable).
+    max_score_shift: float = 0.05
+    # Largest candidate / stable ratio of median latency in the compared logs.
+    max_latency_ratio: float = 1.5
+    # Detections scoring below this are left out of the comparison (neither shown nor
+    # acted on by a client at any sensible threshold).
+    compare_min_score: float = 0.3
+    # Request logging written into models.config for a model the registry adds there;
+    # shadowed requests are always logged. An existing logging_config is kept.
+    request_log_sampling_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_compare_requests < 1:
+            problems.append(f"min_compare_requests={self.min_compare_requests}; must be >= 1")
+        for name in ("min_agreement", "compare_min_score", "request_log_sampling_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name}={getattr(self, name)}; use a share in [0, 1]")
+        if not 0 <= self.max_score_shift <= 1:
+            problems.append(f"max_score_shift={self.max_score_shift}; scores lie in [0, 1]")
+        if self.max_latency_ratio <= 0:
+            problems.append(f"max_latency_ratio={self.max_latency_ratio}; must be > 0")
+        _require(problems, "release")
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamSettings:
     """Beam for the data and evaluation stages: local DirectRunner, or any runner's args."""
 

@@ -4,6 +4,8 @@
     sightline serve --model_name=det --model_base_path=/models/det --enable_batching
     sightline serve --model_config_file=models.config --model_config_file_poll_wait_seconds=60
     sightline serve --backend tflite                  # the edge bundle, through TFLite
+    sightline serve --model_config_file=<home>/serving/models.config \
+        --model_config_file_poll_wait_seconds=2 --shadow_fraction=0.1   # the release registry's
     python -m serving --help
 
 Flag names and defaults are tensorflow_model_server's where they exist, so the same
@@ -99,13 +101,21 @@ def _default_base_path(home: str | None, backend: str) -> str:
               help="Start a new log file before one would pass this size.")
 @click.option("--request_log_include_images", default=False, show_default=True, **_BOOL,
               help="Keep raw image bytes in request logs (default: SHA-256 and size only).")
+@click.option("--canary_fraction", default=0.0, show_default=True,
+              help="Share of requests naming no version or label that the 'canary' label's "
+                   "version answers (others go to 'stable', or the latest version).")
+@click.option("--shadow_fraction", default=0.0, show_default=True,
+              help="Share of 'stable' traffic also run on 'canary' after answering; the copy "
+                   "is logged (always, with the original) and never returned.")
+@click.option("--shadow_max_in_flight", default=4, show_default=True,
+              help="Shadow requests running or queued per model; more are dropped.")
 @click.option("--verbose", is_flag=True, help="Show TensorFlow/absl logs too.")
 def serve(port, rest_api_port, host, model_name, model_base_path, model_config_file,
           model_config_file_poll_wait_seconds, file_system_poll_wait_seconds, enable_batching,
           batching_parameters_file, rest_api_timeout_in_ms, rest_api_max_body_bytes,
           grpc_max_threads, max_in_flight, backend, home, request_log_dir,
           request_log_sampling_rate, request_log_max_bytes, request_log_include_images,
-          verbose) -> None:
+          canary_fraction, shadow_fraction, shadow_max_in_flight, verbose) -> None:
     """Serve the detector over TF Serving's REST and gRPC APIs."""
     _configure_logging(verbose)
     from serving import model_config
@@ -114,8 +124,13 @@ def serve(port, rest_api_port, host, model_name, model_base_path, model_config_f
     if batching_parameters_file and not enable_batching:
         raise click.UsageError("--batching_parameters_file is set without --enable_batching "
                                "(TF Serving refuses this too)")
-    if not 0.0 <= request_log_sampling_rate <= 1.0:
-        raise click.BadParameter("must be in [0, 1]", param_hint="--request_log_sampling_rate")
+    for hint, value in (("--request_log_sampling_rate", request_log_sampling_rate),
+                        ("--canary_fraction", canary_fraction),
+                        ("--shadow_fraction", shadow_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise click.BadParameter("must be in [0, 1]", param_hint=hint)
+    if shadow_max_in_flight < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--shadow_max_in_flight")
     try:
         batching = None
         if enable_batching:
@@ -138,7 +153,9 @@ def serve(port, rest_api_port, host, model_name, model_base_path, model_config_f
         rest_timeout_ms=rest_api_timeout_in_ms, rest_max_body_bytes=rest_api_max_body_bytes,
         grpc_max_threads=grpc_max_threads, max_in_flight=max_in_flight,
         request_log_max_bytes=request_log_max_bytes,
-        request_log_include_images=request_log_include_images))
+        request_log_include_images=request_log_include_images,
+        canary_fraction=canary_fraction, shadow_fraction=shadow_fraction,
+        shadow_max_in_flight=shadow_max_in_flight))
 
 
 def _single_model(model_name: str | None, model_base_path: str | None, home: str | None,

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from serving.errors import ServingError, invalid_argument, not_found
 from serving.metrics import Metrics
 from serving.model_config import ModelSettings
-from serving.versions import Handle, ModelManager, RuntimeOptions
+from serving.versions import Handle, ModelManager, RuntimeOptions, TrafficSplit
 
 log = logging.getLogger("sightline.serving")
 SIGNATURE_DEF = "signature_def"
@@ -25,9 +25,10 @@ SIGNATURE_DEF = "signature_def"
 
 class ServerCore:
     def __init__(self, models: list[ModelSettings], options: RuntimeOptions, metrics: Metrics,
-                 poll_seconds: float):
+                 poll_seconds: float, traffic: TrafficSplit | None = None):
         self.options = options
         self.metrics = metrics
+        self.traffic = traffic or TrafficSplit()
         self.poll_seconds = poll_seconds
         self._models: dict[str, ModelManager] = {}
         self._lock = threading.RLock()  # config changes
@@ -81,17 +82,14 @@ class ServerCore:
                 if manager is None or manager.settings.base_path != settings.base_path:
                     if manager is not None:
                         manager.close()
-                    manager = ModelManager(settings, self.options, self.metrics)
+                    manager = ModelManager(settings, self.options, self.metrics, self.traffic)
                     log.info("Model %s: base path %s, version policy %s", name,
                              settings.base_path, settings.policy)
-                else:
-                    manager.apply_settings(settings)
-                manager.poll()
-                self._models = {**self._models, name: manager}
                 try:
-                    manager.apply_labels()
+                    manager.reconfigure(settings)
                 except ServingError as e:
                     errors.append(e)
+                self._models = {**self._models, name: manager}
             if errors:
                 raise errors[0]
 
@@ -122,12 +120,13 @@ class ServerCore:
         status = error.code_name if error else "OK"
         self.metrics.requests.labels(name, version, sig, api, status).inc()
         if handle is not None:
-            self.metrics.latency.labels(name, version, sig, api).observe(
-                time.monotonic() - started)
+            latency = time.monotonic() - started
+            self.metrics.latency.labels(name, version, sig, api).observe(latency)
             handle.release()
-            logger = self.manager(name).logger if name in self._models else None
-            if error is None and logger is not None and logger.sample():
-                logger.log(handle.version.version, sig, inputs or {}, outputs or {}, client_id)
+            manager = self._models.get(name)
+            if error is None and manager is not None:
+                manager.after_success(handle, sig, inputs or {}, outputs or {}, client_id,
+                                      latency)
 
     # ------------------------------------------------------------------- status, metadata
 

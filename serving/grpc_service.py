@@ -70,7 +70,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
             manager = self.core.manager(name, version)
-            loaded = manager.resolve(version, label)
+            loaded, route = manager.route(version, label)
             try:
                 found = loaded.servable.signature(signature)
                 wanted = list(request.output_filter) or found.output_names
@@ -79,7 +79,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 loaded.release()
                 e.version = loaded.version
                 raise
-            handle = manager.submit_to(loaded, signature, inputs, deadline, inline=True)
+            handle = manager.submit_to(loaded, signature, inputs, deadline, inline=True,
+                                       route=route)
             signature = handle.signature.name
             try:
                 outputs = handle.future.result(timeout=max(0.0, deadline - time.monotonic()))

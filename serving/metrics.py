@@ -46,6 +46,10 @@ class Metrics:
             "sightline_serving_request_log_records", "Request log records by outcome "
             "(written, dropped: buffer full, error: write failed)",
             ["model", "outcome"], registry=r)
+        self.shadow_requests = Counter(
+            "sightline_serving_shadow_requests", "Shadow copies of stable traffic run on the "
+            "canary, by outcome (ok, error, dropped: canary or shadow queue full)",
+            ["model", "version", "outcome"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,15 @@ per such input ``<name>``: ``<name>:sha256`` (DT_STRING [batch], the hex digests
 ``<name>:bytes`` (DT_INT64 [batch], the sizes), in request order. Signature input names
 never contain ':', so a replay tool drops inputs whose name does.
 
+Request-level fields (Sightline's; absent from records written before them), as more
+inputs whose names contain ':' (``REQUEST_FIELDS``), each a [1] tensor:
+``sightline:request_id`` (DT_STRING, 32 hex digits; a request and its shadow copy share
+it), ``sightline:role`` (``primary`` or ``shadow``), ``sightline:route`` (how the
+version was chosen: ``version``, ``label:<label>``, ``stable``, ``canary``, ``latest``,
+or ``shadow``) and ``sightline:latency_ms`` (DT_DOUBLE: arrival to answer for a primary,
+queueing to answer for a shadow copy). ``log_metadata.model_spec.version`` is the version
+that answered.
+
 Files are ``<filename_prefix>-<UTC start time>-<sequence>.tfrecord``; a file is closed
 and a new one started before it would pass ``max_bytes``. Writing happens on one
 background thread fed by a bounded queue: a request never waits for the disk, and
@@ -53,6 +62,9 @@ IMAGE_FEATURE = "image/encoded"
 CLIENT_ID_HEADER = "sightline-client-id"  # HTTP header and gRPC metadata key
 MAX_CLIENT_ID = 256
 QUEUE_SIZE = 1024
+REQUEST_ID, ROLE, ROUTE, LATENCY_MS = ("sightline:request_id", "sightline:role",
+                                       "sightline:route", "sightline:latency_ms")
+REQUEST_FIELDS = (REQUEST_ID, ROLE, ROUTE, LATENCY_MS)
 log = logging.getLogger("sightline.serving")
 
 
@@ -64,6 +76,10 @@ class _Entry:
     outputs: dict[str, np.ndarray]
     client_id: bytes
     timestamp: float
+    request_id: str = ""
+    role: str = ""
+    route: str = ""
+    latency: float | None = None  # seconds
 
 
 def _image_stats(image: bytes) -> tuple[str, int]:
@@ -136,10 +152,11 @@ class RequestLogger:
         return self._random.random() < self.settings.sampling_rate
 
     def log(self, version: int, signature: str, inputs: dict[str, np.ndarray],
-            outputs: dict[str, np.ndarray], client_id: bytes = b"") -> None:
+            outputs: dict[str, np.ndarray], client_id: bytes = b"", *, request_id: str = "",
+            role: str = "", route: str = "", latency: float | None = None) -> None:
         """Queues one answered request; never blocks, never raises."""
         entry = _Entry(version, signature, inputs, outputs, client_id[:MAX_CLIENT_ID],
-                       time.time())
+                       time.time(), request_id, role, route, latency)
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
@@ -159,6 +176,14 @@ class RequestLogger:
             request.client_id = entry.client_id
         for name, array in prepare_inputs(entry.inputs, self.settings.include_images).items():
             request.inputs[name].CopyFrom(tensors.to_proto(array))
+        for name, value in ((REQUEST_ID, entry.request_id), (ROLE, entry.role),
+                            (ROUTE, entry.route)):
+            if value:
+                request.inputs[name].CopyFrom(tensors.to_proto(
+                    np.array([value.encode()], dtype=object)))
+        if entry.latency is not None:
+            request.inputs[LATENCY_MS].CopyFrom(tensors.to_proto(
+                np.array([entry.latency * 1000.0], dtype=np.float64)))
         response = record.predict_log.response
         response.model_spec.CopyFrom(meta.model_spec)
         for name, array in entry.outputs.items():

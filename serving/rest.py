@@ -158,7 +158,7 @@ class RestApi:
         client_id = request.headers.get(CLIENT_ID_HEADER, "").encode()[:MAX_CLIENT_ID]
         try:
             manager = self.core.manager(name, version)
-            loaded = manager.resolve(version, label)
+            loaded, route = manager.route(version, label)
             try:
                 refusal = loaded.overloaded()
                 if refusal:  # shed before spending time on the body
@@ -180,7 +180,7 @@ class RestApi:
                 loaded.release()
                 e.version = loaded.version
                 raise
-            handle = manager.submit_to(loaded, signature, inputs, deadline)
+            handle = manager.submit_to(loaded, signature, inputs, deadline, route=route)
             try:
                 outputs = await asyncio.wait_for(asyncio.wrap_future(handle.future),
                                                  deadline - time.monotonic())

@@ -22,7 +22,7 @@ from serving.grpc_service import build_server
 from serving.metrics import Metrics
 from serving.model_config import BatchingConfig, ModelSettings
 from serving.rest import DEFAULT_MAX_BODY_BYTES, RestApi
-from serving.versions import RuntimeOptions
+from serving.versions import RuntimeOptions, TrafficSplit
 
 log = logging.getLogger("sightline.serving")
 
@@ -46,6 +46,9 @@ class ServerOptions:
     request_log_max_bytes: int = 64 << 20
     request_log_include_images: bool = False
     shutdown_grace_seconds: float = 30.0
+    canary_fraction: float = 0.0
+    shadow_fraction: float = 0.0
+    shadow_max_in_flight: int = 4
 
 
 class Server:
@@ -56,8 +59,10 @@ class Server:
                                  num_threads=options.num_threads,
                                  max_in_flight=options.max_in_flight,
                                  tflite_interpreters=options.num_threads)
+        traffic = TrafficSplit(options.canary_fraction, options.shadow_fraction,
+                               options.shadow_max_in_flight)
         self.core = ServerCore(options.models, runtime, self.metrics,
-                               options.file_system_poll_seconds)
+                               options.file_system_poll_seconds, traffic)
         self.grpc_port = 0
         self.rest_port = 0
         self._grpc = None
@@ -127,7 +132,8 @@ class Server:
         """Re-reads --model_config_file every --model_config_file_poll_wait_seconds.
 
         A changed file is applied once; one that does not parse or apply is reported once
-        and the last good config keeps serving (as TF Serving does).
+        and the last good config keeps serving (as TF Serving does). An empty file is
+        taken for one caught mid-write and not applied (it would unload every model).
         """
         o = self.options
         while not self._stopped.wait(o.model_config_poll_seconds):
@@ -138,6 +144,11 @@ class Server:
                 log.error("Model config %s unreadable: %s", o.model_config_file, e)
                 continue
             if text == self._config_text:
+                continue
+            if not text.strip():  # truncated by a writer that does not rename into place
+                log.error("Model config %s is empty: not applied (write it whole, e.g. "
+                          "to a temporary file renamed over it)", o.model_config_file)
+                self._config_text = text
                 continue
             self._config_text = text
             try:

@@ -13,7 +13,7 @@ from tests.coco_fixture import make_bad_coco  # noqa: E402
 # Fixtures that run a real DAG, train a detector or start worker processes (tens of
 # seconds to minutes each): a test using one is slow, so `make test-fast` skips it.
 SLOW_FIXTURES = {"tiny_run", "gated_runs", "drift_runs", "data_runs", "spans", "edge",
-                 "trained", "launch", "tfma_run"}
+                 "trained", "launch", "tfma_run", "two_pushes"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,3 +39,17 @@ def tiny_run(tmp_path_factory) -> tuple[str, dict]:
     result = CliRunner().invoke(main, ["run", "--config", "tiny", "--home", home, "--json"])
     assert result.exit_code == 0, result.stderr[-3000:]
     return home, json.loads(result.stdout)  # the summary alone: training logs go to stderr
+
+
+@pytest.fixture(scope="session")
+def two_pushes(tmp_path_factory) -> tuple[str, list[str]]:
+    """A home where two tiny oracle runs pushed two versions (the registry's tests copy it)."""
+    from tests.oracle_trainer import run_tiny
+
+    home = str(tmp_path_factory.mktemp("two-pushes"))
+    versions = []
+    for _ in range(2):
+        summary = run_tiny(home)
+        assert summary.get("pushed", {}).get("pushed"), summary.get("failure")
+        versions.append(summary["pushed"]["version"])
+    return home, versions

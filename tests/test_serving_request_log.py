@@ -76,7 +76,13 @@ def test_server_logs_readable_prediction_logs_with_images_redacted(tmp_path):
     request = record.predict_log.request
     assert request.client_id == b"camera-07"
     inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-    assert sorted(inputs) == ["images", "images:bytes", "images:sha256"]
+    assert sorted(inputs) == ["images", "images:bytes", "images:sha256",
+                              "sightline:latency_ms", "sightline:request_id",
+                              "sightline:role", "sightline:route"]
+    assert inputs["sightline:role"].tolist() == [b"primary"]
+    assert inputs["sightline:route"].tolist() == [b"latest"]  # no stable label here
+    assert len(inputs["sightline:request_id"][0]) == 32
+    assert 0 < inputs["sightline:latency_ms"][0] < 30000
     assert inputs["images"].tolist() == [redacted(i) for i in images]
     assert inputs["images:sha256"].tolist() == [hashlib.sha256(i).hexdigest().encode()
                                                 for i in images]

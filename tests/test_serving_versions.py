@@ -180,7 +180,9 @@ def test_version_policies_and_labels_resolve_like_tf_serving(base):
     try:
         manager = server.core.manager("det")
         assert manager.available_versions() == [1, 3]
-        assert grpc_predict(stub, image).model_spec.version.value == 3  # latest available
+        # Sightline routes a request naming no version or label to "stable" when that
+        # label exists (TF Serving: the latest available version, here 3).
+        assert grpc_predict(stub, image).model_spec.version.value == 1
         assert grpc_predict(stub, image, label="stable").model_spec.version.value == 1
         assert grpc_predict(stub, image, label="canary").model_spec.version.value == 3
         with pytest.raises(grpc.RpcError) as error:
@@ -215,6 +217,9 @@ def test_model_config_file_is_polled(base, tmp_path):
         config_file.write_text("model_config_list { config { nonsense: 1 } }")  # bad: kept old
         time.sleep(5 * POLL)
         assert server.core.manager("det").label_version("stable") == 1
+        config_file.write_text("")  # caught mid-write: not "no models"
+        time.sleep(5 * POLL)
+        assert server.core.model_names() == ["det"]
     finally:
         server.stop()
 

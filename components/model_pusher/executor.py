@@ -45,6 +45,7 @@ def release_metadata(
         "dataset": release.dataset_record(examples.mlmd_artifact),
         "model_uri": model_uri,
         "evaluation_uri": evaluation_uri,
+        release.CODE_VERSION_PROPERTY: release.code_version(),
     }
 
 
@@ -92,3 +93,5 @@ class Executor(pusher_executor.Executor):
         self._MarkPushed(pushed, pushed_destination=serving_path, pushed_version=version)
         pushed.set_string_custom_property(
             THRESHOLDS_PROPERTY, json.dumps(release_record["score_thresholds"]))
+        pushed.set_string_custom_property(
+            release.CODE_VERSION_PROPERTY, release_record[release.CODE_VERSION_PROPERTY])

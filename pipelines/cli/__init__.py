@@ -1,4 +1,5 @@
-"""The ``sightline`` command: one entry point for runs, data, schema, lineage, compile, serve.
+"""The ``sightline`` command: one entry point for runs, data, schema, lineage, compile, models,
+serve.
 
 This is where a ``sightline`` process starts, so the process-wide environment is set here,
 before anything imports TensorFlow: tfmot (QAT) and TFMA need Keras 2 (``tf_keras``),
@@ -17,7 +18,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli import data, inspect, run
+from pipelines.cli import data, inspect, models, run
 from serving.cli import serve
 
 
@@ -41,5 +42,6 @@ def main() -> None:
 
 
 for command in (run.run, run.compile_cmd, run.config_cmd, inspect.runs_group, inspect.report,
-                inspect.lineage, data.data_group, data.schema_group, serve):
+                inspect.lineage, data.data_group, data.schema_group, models.models_group,
+                serve):
     main.add_command(command)

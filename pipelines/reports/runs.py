@@ -36,13 +36,15 @@ class NoRunsError(LookupError):
     """There is nothing to show yet (or the requested run does not exist)."""
 
 
-def connect(metadata_path: str) -> metadata_store.MetadataStore:
-    """Opens the SQLite MLMD store of a Sightline home, read-only."""
+def connect(metadata_path: str, writable: bool = False) -> metadata_store.MetadataStore:
+    """Opens the SQLite MLMD store of a Sightline home (which must exist), read-only
+    unless ``writable`` (the release registry writes)."""
     if not os.path.exists(metadata_path):
         raise NoRunsError(f"no ML Metadata store at {metadata_path}: run `sightline run` first")
+    sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    config.sqlite.connection_mode = sqlite.READWRITE_OPENCREATE if writable else sqlite.READONLY
     return metadata_store.MetadataStore(config)
 
 
@@ -240,6 +242,8 @@ def examples_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
             props.get(coco_executor.QUARANTINE_REASONS_PROPERTY, "{}")
         ),
         "quarantine_report": os.path.join(artifact.uri, coco_executor.QUARANTINE_FILE),
+        "listed_images": props.get(coco_executor.LISTED_IMAGES_PROPERTY),
+        "quarantined_images": props.get(coco_executor.QUARANTINED_IMAGES_PROPERTY),
     }
 
 
