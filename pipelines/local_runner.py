@@ -70,6 +70,8 @@ def run(config: configs.RunConfig, home: str, console: Console,
     connection = metadata_store.connection_config(config.metadata, home)
     with run_control.holding(paths, lock) as held:
         metadata_store.open_store(connection)  # checked, schema created, before any work
+        if metadata_store.is_shared(connection):
+            console.print(f"ML Metadata: {metadata_store.describe(connection)}")
         for directory in (paths.serving_model_dir, paths.edge_bundle_dir):
             for stage in versions.discard_stages(directory):  # a killed push's; never served
                 console.print(f"Removed an unfinished push: {os.path.join(directory, stage)}")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from pipelines import configs, metadata_store
+
+if TYPE_CHECKING:
+    from ml_metadata.metadata_store import metadata_store as mlmd
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -47,7 +50,7 @@ metadata_option = click.option(
 )
 
 
-def open_metadata(home: str | None, metadata: str | None) -> Any:
+def open_metadata(home: str | None, metadata: str | None) -> mlmd.MetadataStore:
     """The ML Metadata store to read (``runs.connect``); a bad URL or an unusable store is
     a one-line error."""
     from pipelines.reports import runs
