@@ -32,6 +32,7 @@ setup(
         "uvloop",  # requests several times faster than with h11 and asyncio's own loop
         "prometheus-client",
         "google-crc32c",  # request-log TFRecord framing without TensorFlow
+        "psutil",  # whether a run recorded in a shared ML Metadata store still runs
     ],
     extras_require={"test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"]},
     entry_points={"console_scripts": ["sightline = pipelines.cli:main"]},

@@ -6,9 +6,9 @@
 
 Every setting is ``<section>.<field>`` (``data``, ``gates``, ``drift``, ``train``,
 ``edge``, ``beam``, and ``release`` for ``sightline models``; ``train.<hparam>`` for the
-Trainer's ``TrainConfig``), plus the
-top-level ``pipeline_name`` and ``enable_cache``. Keys and values are checked when the
-config is loaded, with the closest key suggested for a typo. Paths are not
+Trainer's ``TrainConfig``), plus the top-level ``pipeline_name``, ``enable_cache`` and
+``metadata`` (where ML Metadata lives). Keys and values are checked when the config is
+loaded, with the closest key suggested for a typo. Paths are not
 configuration: they derive from the Sightline home (``SIGHTLINE_HOME``, default
 ``./.sightline``), see ``Paths``.
 """
@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pipelines import metadata_store
 from pipelines.settings import (
     DEFAULT_RUN_FN,
     BeamSettings,
@@ -52,6 +53,13 @@ class RunConfig:
     edge: EdgeSettings = EdgeSettings()
     beam: BeamSettings = BeamSettings()
     release: ReleaseSettings = ReleaseSettings()  # sightline models; not the DAG's
+    # ML Metadata: None for the home's SQLite file, or mysql://user:password@host:port/db
+    # for a store a team shares (pipelines/metadata_store.py; docs/metadata.md).
+    metadata: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata:
+            metadata_store.parse_url(self.metadata)  # a ValueError naming what is wrong
 
     def sections(self) -> dict[str, Any]:
         """The typed sections, as ``create_pipeline`` takes them (``release`` is not one)."""
@@ -114,6 +122,8 @@ def flat_settings(config: RunConfig) -> dict[str, Any]:
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         values.update({f"train.{k}": defaults[k] for k in TrainSettings.known_hparams()})
     values.update({f"train.{k}": v for k, v in config.train.hparams.items()})
+    if values["metadata"]:
+        values["metadata"] = metadata_store.redact(values["metadata"])
     return dict(sorted(values.items()))
 
 

@@ -1,4 +1,5 @@
-"""Runs the Sightline DAG locally: LocalDagRunner, Beam DirectRunner, MLMD in SQLite.
+"""Runs the Sightline DAG locally: LocalDagRunner, Beam DirectRunner, MLMD in the home's
+SQLite file or a shared MySQL database (``metadata_store``).
 
 One run per home at a time (``run_control``), recorded and resumable (``run_record``).
 """
@@ -8,13 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from ml_metadata.proto import metadata_store_pb2
 from rich.console import Console
 from tfx import v1 as tfx
 from tfx.dsl.compiler import compiler
 from tfx.proto.orchestration import pipeline_pb2
 
 from components import versions
-from pipelines import configs, run_control, run_record
+from pipelines import configs, metadata_store, run_control, run_record
 from pipelines.console import component_progress
 from pipelines.pipeline import create_pipeline
 
@@ -26,7 +28,7 @@ SETUP_FILE = _SOURCE_SETUP if os.path.exists(_SOURCE_SETUP) else None
 
 
 def build(config: configs.RunConfig, paths: configs.Paths, data_root: str) -> tfx.dsl.Pipeline:
-    """The pipeline for a config, with local paths and a SQLite ML Metadata store."""
+    """The pipeline for a config, with local paths and the ML Metadata store it names."""
     from schemas.curate import class_names  # imports TFDV: only when building the DAG
 
     return create_pipeline(
@@ -37,9 +39,8 @@ def build(config: configs.RunConfig, paths: configs.Paths, data_root: str) -> tf
         class_names=class_names(config.data.schema_path),
         serving_model_dir=paths.serving_model_dir,
         edge_bundle_dir=paths.edge_bundle_dir,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            paths.metadata
-        ),
+        metadata_connection_config=metadata_store.connection_config(config.metadata,
+                                                                    paths.home),
         enable_cache=config.enable_cache,
     )
 
@@ -71,31 +72,38 @@ def run(config: configs.RunConfig, home: str, console: Console,
         span and trigger of a scheduled run (``pipelines.schedule``).
     Raises:
       run_control.HomeError: the home cannot be written, or another run holds it.
+      metadata_store.MetadataStoreError: the ML Metadata store cannot be used (one line).
       run_control.RunFailed: a component failed (e.g. the anomaly gate); its run id and
         reason, which ML Metadata holds too.
     """
     paths = configs.Paths(home, config.pipeline_name)
+    connection = metadata_store.connection_config(config.metadata, home)
     with run_control.holding(paths, lock) as held:
+        metadata_store.open_store(connection)  # checked, schema created, before any work
+        if metadata_store.is_shared(connection):
+            console.print(f"ML Metadata: {metadata_store.describe(connection)}")
         for directory in (paths.serving_model_dir, paths.edge_bundle_dir):
             for stage in versions.discard_stages(directory):  # a killed push's; never served
                 console.print(f"Removed an unfinished push: {os.path.join(directory, stage)}")
         data_root = ensure_data(config, paths, console)
         ir = compiler.Compiler().compile(build(config, paths, data_root))
-        return run_ir(ir, paths.metadata, data_root, held, console, labels)
+        return run_ir(ir, connection, data_root, held, console, labels)
 
 
-def run_ir(ir: pipeline_pb2.Pipeline, metadata_path: str, data_root: str,
-           lock: run_control.HomeLock, console: Console,
+def run_ir(ir: pipeline_pb2.Pipeline, metadata: str | metadata_store_pb2.ConnectionConfig,
+           data_root: str, lock: run_control.HomeLock, console: Console,
            labels: Mapping[str, str] | None = None) -> run_record.RunStart:
     """Runs a compiled pipeline (its run id not yet substituted) as one recorded run.
 
     The run id is chosen before LocalDagRunner starts, so the run knows its own record;
     an interrupted last run of the pipeline is resumed when neither ``ir`` nor the data
-    changed since.
+    changed since. ``metadata``: the store ``ir`` names, or a SQLite path.
     """
-    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-    start = run_record.begin(connection, ir, run_record.fingerprint(ir, data_root),
-                             labels)
+    connection = metadata
+    if isinstance(metadata, str):
+        connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata)
+    start = run_record.begin(connection, ir, run_record.fingerprint(ir, data_root), labels,
+                             shared=metadata_store.is_shared(connection))
     lock.announce(start.run_id, ir.pipeline_info.id)
     console.print(f"{start.message}\nRunning [bold]{ir.pipeline_info.id}[/] on {data_root}")
     with run_record.recorded(connection, start.run_id), component_progress(console):

@@ -5,9 +5,11 @@ executions, never says whether a run ended, and stores no message when an execut
 raises. Around it, with the home's lock held (``pipelines.run_control``):
 
 * ``begin`` marks executions that a dead process left NEW or RUNNING as CANCELED, saying
-  why (holding the lock, no live process owns them); decides whether to resume the
-  pipeline's newest run (interrupted, and neither the compiled pipeline nor the data
-  changed since: a fingerprint on the run's context) or to start a new one; registers
+  why (in the home's own SQLite store the lock proves no live process owns them; in a
+  store other homes share, only runs whose process this host sees dead); decides
+  whether to resume the pipeline's newest run from the same pipeline root (interrupted,
+  and neither the compiled pipeline nor the data changed since: a fingerprint on the
+  run's context) or to start a new one; registers
   the run's context with that decision; and prepares the IR: run id substituted,
   completed nodes skipped.
 * ``recorded`` records how the run ended, and gives a failed execution that TFX left
@@ -27,8 +29,10 @@ import datetime
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterator, Mapping
 
+import psutil
 from absl import logging
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -100,19 +104,24 @@ def fingerprint(ir: pipeline_pb2.Pipeline, data_root: str) -> str | None:
 
 
 def begin(connection: metadata_store_pb2.ConnectionConfig, ir: pipeline_pb2.Pipeline,
-          run_fingerprint: str | None, labels: Mapping[str, str] | None = None) -> RunStart:
+          run_fingerprint: str | None, labels: Mapping[str, str] | None = None,
+          shared: bool = False) -> RunStart:
     """Recovers interrupted runs, resumes or starts this one, and prepares ``ir`` for it.
 
     Only call with the home's run lock held. ``ir`` is changed in place: its run id
     substituted and, when resuming, the nodes completed before marked to be skipped.
     ``labels`` become string custom properties of the run's context (e.g. why a scheduled
     run ran: ``run_status.TRIGGER``).
+
+    Args:
+      shared: other homes may write to the store (MySQL), so the lock does not prove
+        that other runs' processes are dead (``recover_interrupted``).
     """
     pipeline = ir.pipeline_info.id
     with metadata.Metadata(connection) as m:
-        recover_interrupted(m.store)
-        start = _plan(m.store, pipeline, run_fingerprint)
-        run = _register(m, pipeline, start, run_fingerprint, labels or {})
+        recover_interrupted(m.store, shared)
+        start = _plan(m.store, pipeline, _root_of(ir), run_fingerprint)
+        run = _register(m, pipeline, _root_of(ir), start, run_fingerprint, labels or {})
         if start.resumed:
             _reopen_interrupted(m.store, run, ir)
     runtime_parameter_utils.substitute_runtime_parameter(
@@ -147,12 +156,16 @@ def recorded(connection: metadata_store_pb2.ConnectionConfig, run_id: str) -> It
         _set_outcome(m.store, _run_context(m.store, run_id), SUCCEEDED)
 
 
-def recover_interrupted(store: metadata_store.MetadataStore) -> None:
+def recover_interrupted(store: metadata_store.MetadataStore, shared: bool = False) -> None:
     """Marks runs and executions that a dead process left unfinished as interrupted.
 
-    Sound only with the home's lock held: then no live process is running any of them.
+    In the home's own store, with the home's lock held, no live process runs any of them.
+    In a shared store another home's run may be running: only runs whose last attempt ran
+    on this host in a process that is gone are touched (another host's stay as they are).
     """
     for run in store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME):
+        if shared and attempt_alive(run) is not False:
+            continue
         canceled = _cancel_active(store, run, _why_stopped(run))
         outcome = property_of(run, OUTCOME)
         if outcome == RUNNING or (outcome is None and canceled):  # None: before Sightline's
@@ -164,6 +177,25 @@ def attempts(run: metadata_store_pb2.Context) -> list[dict[str, object]]:
     return json.loads(property_of(run, ATTEMPTS) or "[]")
 
 
+def attempt_alive(run: metadata_store_pb2.Context) -> bool | None:
+    """Whether the process of the run's last attempt still runs; None: on another host.
+
+    A live pid that started after the attempt did is another process reusing the pid.
+    Runs recorded before attempts named their host count as this host's.
+    """
+    last = (attempts(run) or [{}])[-1]
+    if last.get("host", socket.gethostname()) != socket.gethostname():
+        return None
+    try:
+        started = psutil.Process(int(last["pid"])).create_time()
+    except (KeyError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.Error:  # e.g. AccessDenied: a process runs under that pid
+        return True
+    recorded = last.get("started")
+    return not recorded or started <= datetime.datetime.fromisoformat(recorded).timestamp() + 1
+
+
 def node_of(store: metadata_store.MetadataStore, execution_id: int) -> str | None:
     """The pipeline node an execution ran (its ``node`` context, pipeline name dropped)."""
     return next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution_id)
@@ -173,9 +205,9 @@ def node_of(store: metadata_store.MetadataStore, execution_id: int) -> str | Non
 # --- begin: plan, register, reopen -----------------------------------------------------
 
 
-def _plan(store: metadata_store.MetadataStore, pipeline: str,
+def _plan(store: metadata_store.MetadataStore, pipeline: str, root: str,
           run_fingerprint: str | None) -> RunStart:
-    last = _newest_run(store, pipeline)
+    last = _newest_run(store, pipeline, root)
     if last is None or property_of(last, OUTCOME) != INTERRUPTED_OUTCOME:
         return RunStart(new_run_id(), resumed=False, note="")
     executions = store.get_executions_by_context(last.id)
@@ -194,7 +226,7 @@ def _plan(store: metadata_store.MetadataStore, pipeline: str,
                          f"step{'s' * (len(reused) != 1)}, running the rest")
 
 
-def _register(m: metadata.Metadata, pipeline: str, start: RunStart,
+def _register(m: metadata.Metadata, pipeline: str, root: str, start: RunStart,
               run_fingerprint: str | None,
               labels: Mapping[str, str]) -> metadata_store_pb2.Context:
     """The run's context (TFX reuses it), with this attempt and its fingerprint."""
@@ -203,8 +235,8 @@ def _register(m: metadata.Metadata, pipeline: str, start: RunStart,
     run = context_lib.register_context_if_not_exists(
         m, constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, start.run_id,
         parent_contexts=[pipeline_context])
-    attempt = {"pid": os.getpid(), "started": run_control.utc_now(),
-               "resumed": start.resumed, "note": start.note}
+    attempt = {"pid": os.getpid(), "host": socket.gethostname(), "root": root,
+               "started": run_control.utc_now(), "resumed": start.resumed, "note": start.note}
     run.custom_properties[ATTEMPTS].string_value = json.dumps([*attempts(run), attempt])
     run.custom_properties[FINGERPRINT].string_value = run_fingerprint or ""
     run.custom_properties[OUTCOME].string_value = RUNNING
@@ -286,14 +318,21 @@ def _why_stopped(run: metadata_store_pb2.Context) -> str:
     return f"{process} stopped before it finished (noticed {run_control.utc_now()})"
 
 
-def _newest_run(store: metadata_store.MetadataStore,
-                pipeline: str) -> metadata_store_pb2.Context | None:
+def _newest_run(store: metadata_store.MetadataStore, pipeline: str,
+                root: str) -> metadata_store_pb2.Context | None:
+    """The pipeline's newest run that wrote to ``root``: in a shared store other homes'
+    runs of the same pipeline are not this home's to resume."""
     parent = store.get_context_by_type_and_name(constants.PIPELINE_CONTEXT_TYPE_NAME, pipeline)
     if parent is None:
         return None
     runs = [c for c in store.get_children_contexts_by_context(parent.id)
-            if c.type == constants.PIPELINE_RUN_CONTEXT_TYPE_NAME]
+            if c.type == constants.PIPELINE_RUN_CONTEXT_TYPE_NAME
+            and (attempts(c) or [{}])[-1].get("root", root) == root]
     return max(runs, key=lambda c: (c.create_time_since_epoch, c.id), default=None)
+
+
+def _root_of(ir: pipeline_pb2.Pipeline) -> str:
+    return ir.runtime_spec.pipeline_root.field_value.string_value
 
 
 def _run_context(store: metadata_store.MetadataStore,

@@ -35,18 +35,19 @@ def property_of(item: metadata_store_pb2.Context | metadata_store_pb2.Execution,
 
 
 def run_status(run: metadata_store_pb2.Context,
-               executions: Iterable[metadata_store_pb2.Execution], running: str | None) -> str:
-    """failed, running (only the run holding the home), interrupted or succeeded.
+               executions: Iterable[metadata_store_pb2.Execution], live: bool) -> str:
+    """failed, running (``live``: a live process runs it), interrupted or succeeded.
 
     A run Sightline started records its outcome on its context; one whose process died
-    says "running" there until the next run notices, so the lock decides. Runs recorded
-    before that have only their executions to go by.
+    says "running" there until the next run notices, so the caller decides from the home's
+    lock or the process (``reports.runs``). Runs recorded before that have only their
+    executions to go by.
     """
     states = {EXECUTION_STATES[e.last_known_state] for e in executions}
     outcome = property_of(run, OUTCOME)
     if "failed" in states or outcome == FAILED:
         return FAILED
-    if run.name == running:
+    if live:
         return RUNNING
     if states - {"complete", "cached"} or outcome in (RUNNING, INTERRUPTED_OUTCOME):
         return INTERRUPTED_OUTCOME

@@ -23,6 +23,7 @@ from ml_metadata import errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from pipelines import metadata_store as stores
 from pipelines import run_status
 
 _SPEC = re.compile(r"\{(SPAN|VERSION)(?::(\d+))?\}")
@@ -88,14 +89,18 @@ def decide(store: metadata_store.MetadataStore | None, pipeline: str, span: int)
                     message=f"span {span} again: its run {run_id} was {status}")
 
 
-def open_store(metadata_path: str) -> metadata_store.MetadataStore | None:
-    """The home's SQLite ML Metadata store, read-only; None before the first run."""
-    if not os.path.exists(metadata_path):
-        return None
+def open_store(
+    connection: metadata_store_pb2.ConnectionConfig,
+) -> metadata_store.MetadataStore | None:
+    """The run's ML Metadata store (``pipelines.metadata_store``), a SQLite one read-only;
+    None before the home's first run."""
     config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(config)
+    config.CopyFrom(connection)
+    if config.HasField("sqlite"):
+        if not os.path.exists(config.sqlite.filename_uri):
+            return None
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return stores.open_store(config)
 
 
 def _last_run_of_span(store: metadata_store.MetadataStore, pipeline: str,
@@ -110,7 +115,7 @@ def _last_run_of_span(store: metadata_store.MetadataStore, pipeline: str,
     for run in runs:
         executions = store.get_executions_by_context(run.id)
         if _span_of(store, run, executions) == span:
-            return run.name, run_status.run_status(run, executions, running=None)
+            return run.name, run_status.run_status(run, executions, live=False)
     return None
 
 

@@ -29,6 +29,29 @@ def bad_coco(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    """A MariaDB server for ML Metadata on MySQL, started once, stopped after the session."""
+    from tests.mariadb import MariaDB, ServerUnavailable
+
+    server = MariaDB(str(tmp_path_factory.mktemp("mariadb")))
+    try:
+        server.start()
+    except ServerUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mysql_url(mariadb, request) -> str:
+    """A new, empty database on the test server: its mysql:// URL (TCP, with password)."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50]
+    return mariadb.create_database(name)
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[str, dict]:
     """One full run of the tiny config (CLI, --json), shared by every test that inspects one."""
     from click.testing import CliRunner

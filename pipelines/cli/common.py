@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
-from pipelines import configs
+from pipelines import configs, metadata_store
+
+if TYPE_CHECKING:
+    from ml_metadata.metadata_store import metadata_store as mlmd
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -39,8 +42,23 @@ def load_config(config_name: str, overrides: Iterable[str]) -> configs.RunConfig
         raise click.UsageError(str(e)) from e
 
 
-def metadata_path(home: str | None) -> str:
-    return configs.Paths(configs.home_dir(home), "").metadata
+metadata_option = click.option(
+    "--metadata", "metadata", default=None, envvar=metadata_store.ENV, metavar="URL",
+    help="ML Metadata on MySQL, e.g. mysql://user:password@host:3306/mlmd or "
+         "mysql://user@/mlmd?socket=/run/mysqld/mysqld.sock (default $SIGHTLINE_METADATA, "
+         "else <home>/metadata.sqlite).",
+)
+
+
+def open_metadata(home: str | None, metadata: str | None) -> mlmd.MetadataStore:
+    """The ML Metadata store to read (``runs.connect``); a bad URL or an unusable store is
+    a one-line error."""
+    from pipelines.reports import runs
+
+    try:
+        return runs.connect(metadata_store.connection_config(metadata, configs.home_dir(home)))
+    except (ValueError, metadata_store.MetadataStoreError) as e:
+        raise click.ClickException(str(e)) from e
 
 
 def running_run_id(home: str | None) -> str | None:

@@ -8,7 +8,13 @@ import sys
 import click
 from rich.markup import escape
 
-from pipelines.cli.common import console, home_option, metadata_path, reports_dir
+from pipelines.cli.common import (
+    console,
+    home_option,
+    metadata_option,
+    open_metadata,
+    reports_dir,
+)
 
 
 @click.group("data")
@@ -45,7 +51,8 @@ def data_synth(out_dir, num_images, seed, scenario, spans) -> None:
               help="Folder for report.html and report.json "
                    "(default <home>/reports/data-span-<span>-<run id>).")
 @home_option
-def data_report(span, run_id, out_dir, home) -> None:
+@metadata_option
+def data_report(span, run_id, out_dir, home, metadata) -> None:
     """One span's data as DriftCheck saw it: drift per feature, box quality, histograms,
     sample images with their boxes, TFDV's Facets overview.
 
@@ -58,7 +65,7 @@ def data_report(span, run_id, out_dir, home) -> None:
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="SPAN") from e
     try:
-        report_data = data.build(runs.connect(metadata_path(home)), span, run_id)
+        report_data = data.build(open_metadata(home, metadata), span, run_id)
         out_dir = out_dir or reports_dir(home, data.default_dir_name(report_data))
         html_path, json_path = data.write(report_data, out_dir)
     except (runs.NoRunsError, data.NoDriftCheckError) as e:

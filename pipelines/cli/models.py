@@ -35,25 +35,29 @@ from pipelines.cli.common import (
     home_option,
     json_option,
     load_config,
+    metadata_option,
     overrides_option,
 )
 
 
 def registry_options(command: Callable) -> Callable:
-    """--home, --config, --set and --model on every sub-command; passes ``registry``."""
+    """--home, --metadata, --config, --set and --model on every sub-command; passes
+    ``registry``."""
 
     @home_option
+    @metadata_option
     @config_option
     @overrides_option
     @click.option("--model", default=None,
                   help="Model (pipeline) name; default: the config's pipeline_name.")
     @functools.wraps(command)
-    def wrapper(home, config_name, overrides, model, **kwargs):
+    def wrapper(home, metadata, config_name, overrides, model, **kwargs):
         from pipelines.registry.registry import Registry
 
-        config = load_config(config_name, overrides)
+        config = load_config(config_name, [*overrides, *([f"metadata={metadata}"] if metadata
+                                                           else [])])
         kwargs["registry"] = Registry(configs.home_dir(home), model or config.pipeline_name,
-                                      config.release)
+                                      config.release, metadata=config.metadata)
         return _refusals_as_errors(command, **kwargs)
 
     return wrapper

@@ -13,7 +13,7 @@ from absl import logging as absl_logging
 from rich.console import Console
 from rich.markup import escape
 
-from pipelines import configs, run_control, run_status
+from pipelines import configs, metadata_store, run_control, run_status
 from pipelines.cli import scheduled
 from pipelines.cli.common import (
     config_option,
@@ -22,6 +22,7 @@ from pipelines.cli.common import (
     home_option,
     json_option,
     load_config,
+    metadata_option,
     overrides_option,
 )
 from pipelines.console import library_output_to
@@ -46,12 +47,14 @@ from pipelines.console import library_output_to
 @click.option("--verbose", is_flag=True,
               help="Show TensorFlow, TFX and Beam output here instead of in the run's log file.")
 @home_option
+@metadata_option
 @json_option
 def run(config_name, overrides, data_root, pattern, images_root, beam_mode, when_new_span,
-        verbose, home, as_json) -> None:
+        verbose, home, metadata, as_json) -> None:
     """Run the whole DAG locally and print the run summary."""
     flags = {"data.root": data_root, "data.annotations_pattern": pattern,
-             "data.images_root": images_root, "beam.direct_running_mode": beam_mode}
+             "data.images_root": images_root, "beam.direct_running_mode": beam_mode,
+             "metadata": metadata}
     config = load_config(config_name, [*overrides, *(f"{k}={v}" for k, v in flags.items() if v)])
     home = configs.home_dir(home)
     paths = configs.Paths(home, config.pipeline_name)
@@ -80,7 +83,8 @@ def run(config_name, overrides, data_root, pattern, images_root, beam_mode, when
             absl_logging.error("Run failed before it started", exc_info=e)  # to the log
             failed = run_control.describe_error(e)
         if run_id:
-            summary = runs.summarize(runs.connect(paths.metadata), run_id)
+            summary = runs.summarize(runs.connect(
+                metadata_store.connection_config(config.metadata, home)), run_id)
     from pipelines.reports.terminal import print_summary
 
     if summary:

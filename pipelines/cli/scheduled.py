@@ -13,7 +13,7 @@ import sys
 import click
 from rich.markup import escape
 
-from pipelines import configs, run_control, schedule
+from pipelines import configs, metadata_store, run_control, schedule
 from pipelines.cli.common import console, emit
 
 EXIT_ALREADY_RUNNING = 75  # sysexits.h EX_TEMPFAIL: "try again later"
@@ -45,7 +45,8 @@ def claim_new_span(config: configs.RunConfig, paths: configs.Paths, as_json: boo
         sys.exit(EXIT_ALREADY_RUNNING)
     except run_control.HomeError as e:
         raise click.ClickException(str(e)) from e
-    decision = schedule.decide(schedule.open_store(paths.metadata), config.pipeline_name, span)
+    store = schedule.open_store(metadata_store.connection_config(config.metadata, paths.home))
+    decision = schedule.decide(store, config.pipeline_name, span)
     if not decision.run:
         lock.release()
         emit(_skipped(decision), as_json, lambda out, _: out.print(escape(decision.message)))

@@ -96,15 +96,18 @@ class Registry:
     """The release registry of one model (a pipeline's pushes) in a Sightline home."""
 
     def __init__(self, home: str, model: str, settings: ReleaseSettings | None = None,
-                 store: metadata_store.MetadataStore | None = None):
-        from pipelines import configs
+                 store: metadata_store.MetadataStore | None = None,
+                 metadata: str | None = None):
+        """``metadata``: the store's URL (``RunConfig.metadata``); None for the home's."""
+        from pipelines import metadata_store as stores
 
         self.home = home
         self.model = model
         self.settings = settings or ReleaseSettings()
         self.config_path = serving_config.path_for(home)
         self.lock_path = os.path.join(home, LOCK_FILE)
-        self.mlmd = RegistryStore(store or connect(configs.Paths(home, model).metadata), model)
+        self.mlmd = RegistryStore(store or connect(stores.connection_config(metadata, home)),
+                                  model)
 
     # -------------------------------------------------------------------------- reading
 

@@ -51,11 +51,14 @@ class UnknownModelError(LookupError):
     """No pipeline of that name pushed anything in this home."""
 
 
-def connect(path: str) -> metadata_store.MetadataStore:
-    """A writable connection to a Sightline home's SQLite store (which must exist)."""
+def connect(
+    metadata: str | pb.ConnectionConfig,
+) -> metadata_store.MetadataStore:
+    """A writable connection to a Sightline home's SQLite store (which must exist) or to a
+    shared MySQL store."""
     from pipelines.reports.runs import connect as open_store
 
-    return open_store(path, writable=True)
+    return open_store(metadata, writable=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from components.drift_check import DataDrift
 from components.drift_check import executor as drift_executor
 from components.edge_optimizer import TFLiteModel
 from components.edge_pusher import EdgeBundle
+from pipelines import metadata_store as stores
 from pipelines import run_record, run_status
 from trainer import executor as trainer_executor
 
@@ -36,16 +37,28 @@ class NoRunsError(LookupError):
     """There is nothing to show yet (or the requested run does not exist)."""
 
 
-def connect(metadata_path: str, writable: bool = False) -> metadata_store.MetadataStore:
-    """Opens the SQLite MLMD store of a Sightline home (which must exist), read-only
-    unless ``writable`` (the release registry writes)."""
-    if not os.path.exists(metadata_path):
-        raise NoRunsError(f"no ML Metadata store at {metadata_path}: run `sightline run` first")
-    sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
+def connect(metadata: str | metadata_store_pb2.ConnectionConfig,
+            writable: bool = False) -> metadata_store.MetadataStore:
+    """Opens a Sightline home's SQLite store (a path), or a shared MySQL store; a SQLite
+    store read-only unless ``writable`` (the release registry writes).
+
+    Raises:
+      NoRunsError: the SQLite file does not exist yet.
+      metadata_store.MetadataStoreError (of ``pipelines``): the MySQL store cannot be
+        used, said in one line.
+    """
     config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = sqlite.READWRITE_OPENCREATE if writable else sqlite.READONLY
-    return metadata_store.MetadataStore(config)
+    if isinstance(metadata, str):
+        config.sqlite.filename_uri = metadata
+    else:
+        config.CopyFrom(metadata)
+    if config.HasField("sqlite"):
+        path = config.sqlite.filename_uri
+        if not os.path.exists(path):
+            raise NoRunsError(f"no ML Metadata store at {path}: run `sightline run` first")
+        sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
+        config.sqlite.connection_mode = sqlite.READWRITE_OPENCREATE if writable else sqlite.READONLY
+    return stores.open_store(config)
 
 
 def list_runs(store: metadata_store.MetadataStore,
@@ -54,7 +67,8 @@ def list_runs(store: metadata_store.MetadataStore,
 
     Args:
       running: the run id of the run holding the home's lock now, if any
-        (``run_control.running_run``): only that run can be "running".
+        (``run_control.running_run``); other runs are "running" only while the process
+        their last attempt recorded runs (``run_record.attempt_alive``).
     """
     runs = []
     for context in _run_contexts(store):
@@ -62,7 +76,7 @@ def list_runs(store: metadata_store.MetadataStore,
         runs.append({
             "run_id": context.name,
             "pipeline": _pipeline_of(store, context),
-            "status": run_status.run_status(context, executions, running),
+            "status": run_status.run_status(context, executions, _is_live(context, running)),
             "started": context.create_time_since_epoch / 1000.0,
         })
     return runs
@@ -76,6 +90,15 @@ def _run_contexts(store: metadata_store.MetadataStore) -> list[metadata_store_pb
 def _pipeline_of(store: metadata_store.MetadataStore, run: metadata_store_pb2.Context) -> str:
     parents = store.get_parent_contexts_by_context(run.id)
     return next((p.name for p in parents), "")
+
+
+def _is_live(run: metadata_store_pb2.Context, running: str | None) -> bool:
+    """The run holding this home's lock, or one whose process runs (on another host, or in
+    another home sharing the store): ``attempt_alive`` is None when it cannot tell."""
+    if run.name == running:
+        return True
+    return (run_status.property_of(run, run_status.OUTCOME) == run_status.RUNNING
+            and run_record.attempt_alive(run) is not False)
 
 
 def find_run(
@@ -105,11 +128,11 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest",
         store.get_executions_by_context(run.id), key=lambda e: (e.create_time_since_epoch, e.id)
     )
     outputs = _output_artifacts(store, [e.id for e in executions])
-    live = run.name == running
+    live = _is_live(run, running)
     summary: dict[str, Any] = {
         "run_id": run.name,
         "pipeline": _pipeline_of(store, run),
-        "status": run_status.run_status(run, executions, running),
+        "status": run_status.run_status(run, executions, live),
         "components": [_component(store, e, live) for e in executions],
     }
     attempts = run_record.attempts(run)
@@ -348,23 +371,22 @@ def pushed_record(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
     }
 
 
-def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[str, Any]:
+def lineage(store: metadata_store.MetadataStore, pushed_version: str,
+            run_id: str | None = None) -> dict[str, Any]:
     """Walks MLMD back from a pushed model version to the Examples it came from.
 
     Returns the pushed model, every execution and artifact on the way (the lineage
     edges), and the Examples artifacts reached with their content hashes.
+
+    Args:
+      run_id: the run that pushed it, where runs of several homes share the store and
+        more than one pushed this version (versions are push times in seconds).
     """
-    pushed = [
-        a for a in store.get_artifacts_by_type("PushedModel")
-        if custom_properties(a).get("pushed_version") == str(pushed_version)
-        and custom_properties(a).get("pushed")
-    ]
-    if not pushed:
-        raise NoRunsError(f"no pushed model with version {pushed_version!r}")
+    pushed = _pushed_artifact(store, pushed_version, run_id)
     seen_artifacts: set[int] = set()
     type_names: dict[int, str] = {}
     edges, examples = [], []
-    frontier = [pushed[0].id]
+    frontier = [pushed.id]
     while frontier:
         artifact_ids = [a for a in frontier if a not in seen_artifacts]
         seen_artifacts.update(artifact_ids)
@@ -390,7 +412,28 @@ def lineage(store: metadata_store.MetadataStore, pushed_version: str) -> dict[st
         edge["from_type"] = type_names[edge["from_artifact"]]
         edge["to_type"] = type_names[edge["to_artifact"]]
     return {
-        "pushed_model": pushed_record(pushed[0]),
+        "pushed_model": pushed_record(pushed),
         "edges": edges,
         "examples": sorted(examples, key=lambda e: e["artifact_id"]),
     }
+
+
+def _pushed_artifact(store: metadata_store.MetadataStore, pushed_version: str,
+                     run_id: str | None) -> metadata_store_pb2.Artifact:
+    pushed = [
+        a for a in store.get_artifacts_by_type("PushedModel")
+        if custom_properties(a).get("pushed_version") == str(pushed_version)
+        and custom_properties(a).get("pushed")
+    ]
+    if run_id is not None:
+        run = find_run(store, run_id)
+        ids = {a.id for a in store.get_artifacts_by_context(run.id)}
+        pushed = [a for a in pushed if a.id in ids]
+    if not pushed:
+        within = f" in run {run_id}" if run_id else ""
+        raise NoRunsError(f"no pushed model with version {pushed_version!r}{within}")
+    if len(pushed) > 1:
+        where = ", ".join(custom_properties(a).get("pushed_destination", "?") for a in pushed)
+        raise NoRunsError(f"version {pushed_version!r} was pushed {len(pushed)} times ({where}): "
+                          "name the run with --run")
+    return pushed[0]
