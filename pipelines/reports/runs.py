@@ -135,24 +135,7 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest",
         "status": run_status.run_status(run, executions, live),
         "components": [_component(store, e, live) for e in executions],
     }
-    attempts = run_record.attempts(run)
-    if attempts:  # how the run started: resumed or new, and why
-        summary["start"] = {"resumed": attempts[-1]["resumed"], "note": attempts[-1]["note"],
-                            "attempts": len(attempts)}
-    trigger = run_status.property_of(run, run_status.TRIGGER)
-    if trigger:  # a scheduled run (--when-new-span): the span and why it ran
-        summary["trigger"] = {"span": int(run_status.property_of(run, run_status.SPAN)),
-                              "reason": trigger}
-    failed = [c for c in summary["components"] if c["status"] == "failed"]
-    if failed:
-        summary["failure"] = {"component": failed[0]["component"], "error": failed[0]["error"]}
-    elif run_record.property_of(run, run_record.ERROR):
-        summary["failure"] = {"component": None,
-                              "error": run_record.property_of(run, run_record.ERROR)}
-    interrupted = [c for c in summary["components"] if c["status"] == "interrupted"]
-    if interrupted:
-        summary["interruption"] = {"component": interrupted[-1]["component"],
-                                   "reason": interrupted[-1]["reason"]}
+    summary.update(_how_it_started_and_ended(run, summary["components"]))
     for artifact, type_name in outputs:
         if type_name == "Examples":
             summary["examples"] = examples_record(artifact)
@@ -177,6 +160,32 @@ def summarize(store: metadata_store.MetadataStore, run_id: str = "latest",
                 "reason": props.get("reason"), "version": props.get("pushed_version"),
                 "destination": props.get("pushed_destination"), "artifact_id": artifact.id}
     return summary
+
+
+def _how_it_started_and_ended(run: metadata_store_pb2.Context,
+                              components: list[dict[str, Any]]) -> dict[str, Any]:
+    """start (resumed or new, and why), trigger (a scheduled run's span), failure and
+    interruption: the summary's facts about the run itself rather than its outputs."""
+    facts: dict[str, Any] = {}
+    attempts = run_record.attempts(run)
+    if attempts:  # how the run started: resumed or new, and why
+        facts["start"] = {"resumed": attempts[-1]["resumed"], "note": attempts[-1]["note"],
+                          "attempts": len(attempts)}
+    trigger = run_status.property_of(run, run_status.TRIGGER)
+    if trigger:  # a scheduled run (--when-new-span): the span and why it ran
+        facts["trigger"] = {"span": int(run_status.property_of(run, run_status.SPAN)),
+                            "reason": trigger}
+    failed = [c for c in components if c["status"] == "failed"]
+    if failed:
+        facts["failure"] = {"component": failed[0]["component"], "error": failed[0]["error"]}
+    elif run_record.property_of(run, run_record.ERROR):
+        facts["failure"] = {"component": None,
+                            "error": run_record.property_of(run, run_record.ERROR)}
+    interrupted = [c for c in components if c["status"] == "interrupted"]
+    if interrupted:
+        facts["interruption"] = {"component": interrupted[-1]["component"],
+                                 "reason": interrupted[-1]["reason"]}
+    return facts
 
 
 def _component(
