@@ -29,7 +29,7 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The inner loop: ruff and the tests not marked slow (under ~2 minutes).
+# The inner loop: ruff and the tests not marked slow (~2.5 minutes on 2 vCPUs).
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
