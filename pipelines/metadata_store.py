@@ -165,6 +165,25 @@ def open_store(config: metadata_store_pb2.ConnectionConfig) -> metadata_store.Me
     raise MetadataStoreError(_explain(config, str(error))) from error
 
 
+def open_existing(metadata: str | metadata_store_pb2.ConnectionConfig,
+                  writable: bool = False) -> metadata_store.MetadataStore | None:
+    """A store that runs have written: None if its SQLite file (a path, or a SQLite
+    config) does not exist yet; SQLite is opened read-only unless ``writable``."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    if isinstance(metadata, str):
+        config.sqlite.filename_uri = metadata
+    else:
+        config.CopyFrom(metadata)
+    if config.HasField("sqlite"):
+        if not os.path.exists(config.sqlite.filename_uri):
+            return None
+        sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
+        config.sqlite.connection_mode = sqlite.READWRITE_OPENCREATE if writable else sqlite.READONLY
+    return open_store(config)
+
+
 def check_server(address: MySQLAddress, timeout: float = _TIMEOUT_S) -> None:
     """Reads the server's greeting; raises MetadataStoreError saying what is not there."""
     try:

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import os
 import re
 
 from ml_metadata import errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipelines import metadata_store as stores
 from pipelines import run_status
 
 _SPEC = re.compile(r"\{(SPAN|VERSION)(?::(\d+))?\}")
@@ -87,20 +85,6 @@ def decide(store: metadata_store.MetadataStore | None, pipeline: str, span: int)
                         message=f"nothing new: span {span} already {status} in run {run_id}")
     return Decision(span, run=True, last_run=run_id, last_status=status,
                     message=f"span {span} again: its run {run_id} was {status}")
-
-
-def open_store(
-    connection: metadata_store_pb2.ConnectionConfig,
-) -> metadata_store.MetadataStore | None:
-    """The run's ML Metadata store (``pipelines.metadata_store``), a SQLite one read-only;
-    None before the home's first run."""
-    config = metadata_store_pb2.ConnectionConfig()
-    config.CopyFrom(connection)
-    if config.HasField("sqlite"):
-        if not os.path.exists(config.sqlite.filename_uri):
-            return None
-        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return stores.open_store(config)
 
 
 def _last_run_of_span(store: metadata_store.MetadataStore, pipeline: str,

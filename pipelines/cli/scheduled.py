@@ -45,7 +45,8 @@ def claim_new_span(config: configs.RunConfig, paths: configs.Paths, as_json: boo
         sys.exit(EXIT_ALREADY_RUNNING)
     except run_control.HomeError as e:
         raise click.ClickException(str(e)) from e
-    store = schedule.open_store(metadata_store.connection_config(config.metadata, paths.home))
+    store = metadata_store.open_existing(
+        metadata_store.connection_config(config.metadata, paths.home))
     decision = schedule.decide(store, config.pipeline_name, span)
     if not decision.run:
         lock.release()

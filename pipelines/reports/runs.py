@@ -47,18 +47,11 @@ def connect(metadata: str | metadata_store_pb2.ConnectionConfig,
       metadata_store.MetadataStoreError (of ``pipelines``): the MySQL store cannot be
         used, said in one line.
     """
-    config = metadata_store_pb2.ConnectionConfig()
-    if isinstance(metadata, str):
-        config.sqlite.filename_uri = metadata
-    else:
-        config.CopyFrom(metadata)
-    if config.HasField("sqlite"):
-        path = config.sqlite.filename_uri
-        if not os.path.exists(path):
-            raise NoRunsError(f"no ML Metadata store at {path}: run `sightline run` first")
-        sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
-        config.sqlite.connection_mode = sqlite.READWRITE_OPENCREATE if writable else sqlite.READONLY
-    return stores.open_store(config)
+    store = stores.open_existing(metadata, writable)
+    if store is None:
+        path = metadata if isinstance(metadata, str) else metadata.sqlite.filename_uri
+        raise NoRunsError(f"no ML Metadata store at {path}: run `sightline run` first")
+    return store
 
 
 def list_runs(store: metadata_store.MetadataStore,
