@@ -110,8 +110,11 @@ def _span_of(store: metadata_store.MetadataStore, run: metadata_store_pb2.Contex
     outputs = [e.artifact_id for e in events if e.type in _OUTPUT_EVENTS]
     examples = _examples_type_id(store)
     for artifact in store.get_artifacts_by_id(outputs) if outputs else ():
-        if artifact.type_id == examples and "span" in artifact.properties:
-            return artifact.properties["span"].int_value
+        # ExampleGen's driver records the span as a custom property; the type's ``span``
+        # property stays unset (as components/drift_check/executor.span_of reads it).
+        for recorded in (artifact.custom_properties, artifact.properties):
+            if artifact.type_id == examples and "span" in recorded:
+                return recorded["span"].int_value
     started_for = run_status.property_of(run, run_status.SPAN)
     return int(started_for) if started_for else None
 

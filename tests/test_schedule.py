@@ -100,7 +100,7 @@ class _Store:
             name="Examples", properties={"span": pb.INT}))
         execution_type = self.store.put_execution_type(pb.ExecutionType(name="CocoExampleGen"))
         artifact = pb.Artifact(type_id=examples, uri="/x")
-        artifact.properties["span"].int_value = span
+        artifact.custom_properties["span"].int_value = span  # set by ExampleGen's driver
         self.store.put_execution(
             pb.Execution(type_id=execution_type, last_known_state=pb.Execution.COMPLETE),
             [(artifact, pb.Event(type=pb.Event.OUTPUT))], self.store.get_contexts_by_id([run_id]))
