@@ -44,7 +44,7 @@ from tfx.orchestration.portable.mlmd import context_lib, execution_lib
 from tfx.proto.orchestration import execution_result_pb2, pipeline_pb2
 
 from pipelines import run_control
-from pipelines.run_status import (  # noqa: F401  (the names run_record's users know them by)
+from pipelines.run_status import (
     ATTEMPTS,
     ERROR,
     FAILED,
@@ -53,9 +53,7 @@ from pipelines.run_status import (  # noqa: F401  (the names run_record's users 
     INTERRUPTED_OUTCOME,
     OUTCOME,
     RUNNING,
-    SPAN,
     SUCCEEDED,
-    TRIGGER,
     property_of,
 )
 

@@ -16,7 +16,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from pipelines import configs, metadata_store
+from pipelines import configs, metadata_store, run_status
 from tests.mariadb import PASSWORD, USER
 
 # --- URLs ----------------------------------------------------------------------------------
@@ -206,13 +206,11 @@ def _recorded_run(store, name: str, attempt: dict) -> int:
     """A pipeline_run as a Sightline process leaves it while running: one RUNNING execution."""
     from ml_metadata.proto import metadata_store_pb2 as pb
 
-    from pipelines import run_record
-
     run_type = store.put_context_type(pb.ContextType(name="pipeline_run"))
     execution_type = store.put_execution_type(pb.ExecutionType(name="Trainer"))
     run = pb.Context(type_id=run_type, name=name)
-    run.custom_properties[run_record.ATTEMPTS].string_value = json.dumps([attempt])
-    run.custom_properties[run_record.OUTCOME].string_value = run_record.RUNNING
+    run.custom_properties[run_status.ATTEMPTS].string_value = json.dumps([attempt])
+    run.custom_properties[run_status.OUTCOME].string_value = run_status.RUNNING
     [run_id] = store.put_contexts([run])
     [execution_id] = store.put_executions([pb.Execution(
         type_id=execution_type, last_known_state=pb.Execution.RUNNING)])

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from pipelines import configs, run_control
+from pipelines import configs, run_control, run_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HOLD = """
@@ -208,7 +208,6 @@ def test_a_killed_run_shows_interrupted_and_the_next_run_resumes_it(toy):
 def test_a_run_on_changed_data_starts_afresh_and_says_why(toy):
     from ml_metadata.proto import metadata_store_pb2
 
-    from pipelines import run_record
     from pipelines.reports import runs
     from tests import toy_pipeline
 
@@ -226,7 +225,7 @@ def test_a_run_on_changed_data_starts_afresh_and_says_why(toy):
     assert statuses == {killed["run_id"]: "interrupted", start.run_id: "succeeded"}
     store = _store(home)
     [train] = [e for e in store.get_executions_by_context(
-        runs.find_run(store, killed["run_id"]).id) if run_record.INTERRUPTED in
+        runs.find_run(store, killed["run_id"]).id) if run_status.INTERRUPTED in
         e.custom_properties]
     assert train.last_known_state == metadata_store_pb2.Execution.CANCELED  # not left RUNNING
 

@@ -171,9 +171,9 @@ def _how_it_started_and_ended(run: metadata_store_pb2.Context,
     failed = [c for c in components if c["status"] == "failed"]
     if failed:
         facts["failure"] = {"component": failed[0]["component"], "error": failed[0]["error"]}
-    elif run_record.property_of(run, run_record.ERROR):
+    elif run_status.property_of(run, run_status.ERROR):
         facts["failure"] = {"component": None,
-                            "error": run_record.property_of(run, run_record.ERROR)}
+                            "error": run_status.property_of(run, run_status.ERROR)}
     interrupted = [c for c in components if c["status"] == "interrupted"]
     if interrupted:
         facts["interruption"] = {"component": interrupted[-1]["component"],
@@ -199,7 +199,7 @@ def _component(
         ),
         "execution_id": execution.id,
     }
-    stopped = run_record.property_of(execution, run_record.INTERRUPTED)
+    stopped = run_status.property_of(execution, run_status.INTERRUPTED)
     if record["status"] == "failed":
         record["error"] = _execution_error(execution)
     elif record["status"] == "canceled" or (record["status"] in ("new", "running") and not live):
