@@ -166,9 +166,9 @@ def match(a: Item, b: Item, iou: float = MATCH_IOU) -> list[tuple[int, int]]:
     if not len(a.scores) or not len(b.scores):
         return []
 
-    def xywh(boxes: np.ndarray) -> np.ndarray:
-        xyxy = box_formats.convert(boxes, box_formats.YXYX, box_formats.XYXY)
-        return np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+    def xywh(boxes: np.ndarray) -> np.ndarray:  # box_iou's format; IoU ignores the scale
+        return box_formats.convert(boxes, box_formats.YXYX, box_formats.COCO, height=1.0,
+                                   width=1.0)
 
     overlaps = box_iou(xywh(a.boxes), xywh(b.boxes), np.zeros(len(b.scores), bool))
     overlaps = np.where(a.classes[:, None] == b.classes[None, :], overlaps, 0.0)
