@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.registry import compare, rules
 from pipelines.settings import ReleaseSettings
+from serving import log_reader
 from serving.metrics import Metrics
 from serving.model_config import LoggingSettings
 from serving.request_log import RequestLogger
@@ -49,7 +50,7 @@ def logger(tmp_path):
 
 def written(logger, tmp_path) -> list[str]:
     logger.close()
-    return compare.log_files([str(tmp_path / "logs")])
+    return log_reader.log_files([str(tmp_path / "logs")])
 
 
 def report_of(files, baseline=1, candidate=2, min_score=0.3) -> dict:

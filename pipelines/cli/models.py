@@ -218,9 +218,10 @@ def models_compare(baseline, candidate, logs, min_score, record, reason, actor, 
     """Compare CANDIDATE's answers with BASELINE's on the same requests (shadow pairs, or
     the same images) from request logs: detection agreement, score shift, latency."""
     from pipelines.registry import compare, rules
+    from serving import log_reader
 
     where = list(logs) or [registry.log_prefix()]
-    files = compare.log_files(where)
+    files = log_reader.log_files(where)
     if not files:
         raise click.ClickException(f"no request log files at {', '.join(where)} (serve with "
                                    "request logging, e.g. the registry's models.config)")

@@ -26,26 +26,20 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
-import os
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-from tensorflow_serving.apis import prediction_log_pb2
 
 from components.coco_eval.cocoeval import box_iou
 from data import boxes as box_formats
-from serving import tensors
-from serving.request_log import LATENCY_MS, REQUEST_ID, ROLE, ROUTE
-from serving.tfrecord import read_records
+from serving import log_reader
 
 MATCH_IOU = 0.5
 # A class's score shift is gated only with at least this many observations behind it
 # (matched pairs, or detections of each version in canary mode): a mean of a handful of
 # scores moves by more than any sensible tolerance by chance.
 MIN_CLASS_OBSERVATIONS = 10
-PRIMARY, SHADOW = "primary", "shadow"
+PRIMARY, SHADOW = log_reader.PRIMARY, log_reader.SHADOW
 
 
 @dataclasses.dataclass
@@ -83,82 +77,26 @@ class LogRead:
     unreadable: list[str] = dataclasses.field(default_factory=list)
 
 
-def log_files(paths: Iterable[str]) -> list[str]:
-    """TFRecord files from files, directories, globs or a request-log prefix."""
-    found: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            found += glob.glob(os.path.join(path, "*.tfrecord"))
-        elif os.path.isfile(path):
-            found.append(path)
-        else:
-            found += glob.glob(path) or glob.glob(f"{path}-*.tfrecord")
-    return sorted(set(found))
-
-
-def _records(path: str, read: LogRead) -> Iterator[prediction_log_pb2.PredictionLog]:
-    try:
-        with open(path, "rb") as f:
-            for data in read_records(f):
-                yield prediction_log_pb2.PredictionLog.FromString(data)
-    except (OSError, ValueError) as e:  # a file being written ends in a partial record
-        read.unreadable.append(f"{path}: {e}")
-
-
-def _text(inputs: dict[str, np.ndarray], key: str) -> str:
-    value = inputs.get(key)
-    return value.ravel()[0].decode() if value is not None and value.size else ""
-
-
 def read_logs(files: list[str], model: str, versions: tuple[int, int],
               min_score: float) -> LogRead:
     """The items and requests of ``versions`` of ``model`` in ``files``."""
     read = LogRead(files)
-    for path in files:
-        for record in _records(path, read):
-            read.records += 1
-            spec = record.log_metadata.model_spec
-            if spec.name != model:
-                read.other_models += 1
-                continue
-            version = spec.version.value
-            if version not in versions:
-                read.other_versions += 1
-                continue
-            inputs = {k: tensors.from_proto(v)
-                      for k, v in record.predict_log.request.inputs.items() if ":" in k}
-            outputs = {k: tensors.from_proto(v)
-                       for k, v in record.predict_log.response.outputs.items()}
-            role = _text(inputs, ROLE) or PRIMARY
-            request_id = _text(inputs, REQUEST_ID)
-            latency = inputs.get(LATENCY_MS)
-            read.requests.append(Request(version, role, _text(inputs, ROUTE),
-                                         float(latency.ravel()[0]) if latency is not None
-                                         else None))
-            digests = next((v.ravel() for k, v in sorted(inputs.items())
-                            if k.endswith(":sha256")), np.array([], dtype=object))
-            read.items += _items(version, role, request_id, digests, outputs, min_score)
+    source = log_reader.LogRead(files)
+    for logged in log_reader.read_requests(source):
+        if logged.model != model:
+            read.other_models += 1
+            continue
+        if logged.version not in versions:
+            read.other_versions += 1
+            continue
+        read.requests.append(Request(logged.version, logged.role, logged.route,
+                                     logged.latency_ms))
+        read.items += [Item(logged.version, logged.role, logged.request_id, image.index,
+                            image.digest, found.boxes, found.scores, found.classes)
+                       for image in logged.images
+                       for found in [image.detections.above(min_score)]]
+    read.records, read.unreadable = source.records, source.unreadable
     return read
-
-
-def _items(version: int, role: str, request_id: str, digests: np.ndarray,
-           outputs: dict[str, np.ndarray], min_score: float) -> list[Item]:
-    scores = np.asarray(outputs["detection_scores"], np.float64)
-    batch = scores.shape[0]
-    boxes = np.asarray(outputs["detection_boxes"], np.float64).reshape(batch, -1, 4)
-    classes = np.asarray(outputs["detection_classes"]).reshape(batch, -1)
-    counts = np.asarray(outputs.get("num_detections", np.full(batch, scores.shape[1])))
-    items = []
-    for i in range(batch):
-        n = int(counts.ravel()[i])
-        keep = scores[i, :n] >= min_score
-        digest = digests[i].decode() if i < len(digests) else ""
-        kept = boxes[i, :n][keep]  # corners put in order: a model's output, not a claim
-        kept = np.concatenate([np.minimum(kept[:, :2], kept[:, 2:]),
-                               np.maximum(kept[:, :2], kept[:, 2:])], axis=1)
-        items.append(Item(version, role, request_id, i, digest, kept, scores[i, :n][keep],
-                          np.rint(classes[i, :n][keep]).astype(int)))
-    return items
 
 
 def match(a: Item, b: Item, iou: float = MATCH_IOU) -> list[tuple[int, int]]:
