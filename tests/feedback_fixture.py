@@ -58,3 +58,21 @@ def batches(key: str, values: list[bytes], size: int = 2) -> list[dict[str, np.n
     """``values`` as request inputs under ``key``, ``size`` per request."""
     return [{key: np.array(values[i:i + size], dtype=object)}
             for i in range(0, len(values), size)]
+
+
+def export_untrained(path: str | os.PathLike, class_names: tuple[str, ...] = synth.CLASS_NAMES,
+                     input_size: int = 64, seed: int = 0) -> str:
+    """An untrained ``small`` detector for the synthetic classes, exported as the Trainer
+    does (its features still tell dark from bright, and shapes apart, a little)."""
+    import tensorflow as tf
+
+    from trainer.export import export_saved_model
+    from trainer.model import build_model
+
+    tf.keras.utils.set_random_seed(seed)
+    detector = build_model("small", input_size, len(class_names))
+    export_saved_model(detector, str(path), input_size, 20,
+                       {"model_size": "small", "input_size": input_size,
+                        "num_classes": len(class_names), "class_names": list(class_names)},
+                       list(class_names))
+    return str(path)

@@ -27,6 +27,7 @@ from rich.table import Table
 from pipelines import configs
 from pipelines.cli.common import (
     config_option,
+    console,
     emit,
     home_option,
     json_option,
@@ -207,3 +208,199 @@ def _print_replay(out: Console, r: dict[str, Any]) -> None:
             out.print(f"[red]gate failed:[/] {escape(problem)}")
     else:
         out.print(f"[green]agreement at or above {r['min_agreement']:.2%}[/]")
+
+
+# ------------------------------------------------------------------------ index, similar
+
+
+def _index_dir(context: _Context, index_dir: str | None) -> str:
+    return index_dir or os.path.join(context.home, "feedback", "index")
+
+
+index_option = click.option("--index", "index_dir", default=None,
+                            help="Crop index folder (default <home>/feedback/index).")
+
+
+@click.command("index")
+@click.option("--model", "model_spec", required=True,
+              help="Version (a number) or exported SavedModel folder whose features embed.")
+@click.option("--examples", "examples", multiple=True,
+              help="GZIP TFRecord globs of training tf.Examples (default: the train split "
+                   "of the version's Examples in ML Metadata).")
+@click.option("--logs", "logs", multiple=True,
+              help="Request logs whose served detections join the index (optional).")
+@index_option
+@model_options
+def index_cmd(model_spec, examples, logs, index_dir, context) -> None:
+    """Build the crop-embedding index (training ground truth + logged detections) that
+    `similar` and `select` search."""
+    from components.coco_eval.offline import read_examples
+    from pipelines.feedback import embeddings
+    from pipelines.feedback import index as crop_index
+    from pipelines.settings import FeedbackSettings
+    from serving import log_reader
+
+    model = context.model(model_spec)
+    if not examples:
+        if not model_spec.isdigit():
+            raise click.UsageError("--examples is needed with a model folder (no lineage)")
+        examples = crop_index.training_split(context.registry.mlmd.store, model_spec)
+    files = log_reader.log_files(logs) if logs else []
+    read = log_reader.LogRead(files)
+    settings = FeedbackSettings()
+    out = _index_dir(context, index_dir)
+    with context.quiet("index") as terminal:
+        embedder = embeddings.Embedder(model.path)
+        with _progress(terminal, "img") as bar:
+            try:
+                sources = {crop_index.TRAIN: crop_index.example_crops(read_examples(examples))}
+            except FileNotFoundError as e:
+                raise click.ClickException(str(e)) from e
+            if files:
+                sources[crop_index.LOGS] = crop_index.log_crops(
+                    log_reader.read_requests(read), model, settings.default_threshold)
+            built = crop_index.build(embedder, model, sources,
+                                     {"examples": list(examples), "logs": files}, bar.update)
+        path = built.save(out)
+    console.print(f"wrote {path}: {built.size(crop_index.TRAIN)} training crops, "
+                  f"{built.size(crop_index.LOGS)} logged crops ({built.dim} dims)")
+
+
+def _parse_box(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise click.BadParameter(f"{text!r}: give ymin,xmin,ymax,xmax normalized to [0, 1] "
+                                 "with min < max", param_hint="--box")
+    return box
+
+
+@click.command("similar")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--box", default=None,
+              help="ymin,xmin,ymax,xmax (normalized); default: each of the model's "
+                   "detections at or above its class threshold, else the whole image.")
+@click.option("-k", "k", default=10, show_default=True, help="Neighbours per source.")
+@index_option
+@json_option
+@model_options
+def similar_cmd(image, box, k, index_dir, as_json, context) -> None:
+    """The nearest training and logged crops of IMAGE's box(es), with their labels."""
+    import numpy as np
+
+    from pipelines.feedback import embeddings, models
+    from pipelines.feedback import index as crop_index
+    from pipelines.settings import FeedbackSettings
+
+    box = _parse_box(box)
+    try:
+        index = crop_index.CropIndex.load(_index_dir(context, index_dir))
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    model = models.open_dir(index.manifest["model"]["path"], index.manifest["model"]["name"])
+    with open(image, "rb") as f:
+        encoded = f.read()
+    with context.quiet("similar"):
+        embedder = embeddings.Embedder(model.path)
+        try:
+            _, (found,) = embedder.embed([encoded], [embeddings.WHOLE_IMAGE])
+        except Exception as e:  # a TF decode error: name the file, not the graph
+            from serving.backends import clean_tf_message
+
+            raise click.ClickException(f"{image}: {clean_tf_message(str(e))}") from None
+        queries = []
+        if box is not None:
+            queries.append({"box": box, "class": None, "score": None})
+        else:
+            kept = [(b, s, c) for b, s, c in zip(found.boxes, found.scores, found.classes,
+                                                 strict=True)
+                    if s >= model.threshold(int(c), FeedbackSettings().default_threshold)]
+            queries += [{"box": [round(float(v), 4) for v in b], "class": model.label_name(int(c)),
+                         "score": round(float(s), 4)} for b, s, c in kept]
+            if not queries:
+                queries.append({"box": embeddings.WHOLE_IMAGE[0].tolist(), "class": None,
+                                "score": None})
+        (vectors,), _ = embedder.embed([encoded], [np.array([q["box"] for q in queries])])
+    for query, vector in zip(queries, vectors, strict=True):
+        for source in crop_index.SOURCES:
+            query[source] = [{"similarity": round(s, 4), **crop}
+                             for s, crop in index.search(source, vector[None], k)[0]]
+    emit({"image": image, "index": index.manifest, "queries": queries}, as_json,
+         _print_similar)
+
+
+def _print_similar(out: Console, result: dict[str, Any]) -> None:
+    for query in result["queries"]:
+        what = (f"{escape(query['class'])} {query['score']:.2f}" if query["class"]
+                else "query")
+        out.print(f"[bold]{what}[/] box {query['box']}")
+        for source in ("train", "logs"):
+            table = Table("sim", "class", "image", "box", "score", title=f"nearest {source} crops")
+            for hit in query[source]:
+                table.add_row(f"{hit['similarity']:.3f}", escape(hit["class"]),
+                              escape(str(hit["image"])[:24]), str(hit["box"]),
+                              "–" if hit["score"] is None else f"{hit['score']:.2f}")
+            out.print(table)
+
+
+# ----------------------------------------------------------------------------- select
+
+
+@click.command("select")
+@logs_option
+@click.option("--budget", required=True, type=click.IntRange(min=1),
+              help="How many images to pick.")
+@click.option("--out", "out_dir", required=True,
+              help="Folder for annotations.json, images/ and selection.{json,csv}.")
+@click.option("--model", "model_spec", default=None,
+              help="Model for thresholds and embeddings (default: the crop index's).")
+@index_option
+@json_option
+@model_options
+def select_cmd(logs, budget, out_dir, model_spec, index_dir, as_json, context) -> None:
+    """Rank logged images for labelling (uncertainty, version disagreement, novelty vs the
+    training crops, per-class quotas) and write the picks as a pre-annotated COCO set."""
+    import csv
+    import json
+
+    from pipelines.feedback import embeddings, models, select
+    from pipelines.feedback import index as crop_index
+    from pipelines.settings import FeedbackSettings
+    from serving import log_reader
+
+    settings = FeedbackSettings()
+    try:
+        index = crop_index.CropIndex.load(_index_dir(context, index_dir))
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    model = (context.model(model_spec) if model_spec else
+             models.open_dir(index.manifest["model"]["path"], index.manifest["model"]["name"]))
+    files = context.log_files(logs)
+    read = log_reader.LogRead(files)
+    with context.quiet("select") as terminal:
+        pool, skipped = select.candidates(log_reader.read_requests(read), model, settings)
+        embedder = embeddings.Embedder(model.path)
+        with _progress(terminal, "img", len(pool)) as bar:
+            select.embed(pool, embedder, index, model, settings, bar.update)
+        chosen = select.select(pool, budget, settings)
+        path, rows = select.write_coco(chosen, out_dir, model, settings)
+    with open(os.path.join(out_dir, "selection.json"), "w") as f:
+        json.dump({"model": model.name, "logs": files, "candidates": len(pool),
+                   "skipped": skipped, "picked": rows}, f, indent=1)
+    with open(os.path.join(out_dir, "selection.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "file_name", "classes", "score", "uncertainty",
+                         "disagreement", "novelty", "reasons"])
+        for r in rows:
+            writer.writerow([r["rank"], r["file_name"], " ".join(r["classes"]), r["score"],
+                             r["uncertainty"], r["disagreement"], r["novelty"],
+                             "; ".join(r["reasons"])])
+    summary = {"annotations": path, "picked": len(rows), "candidates": len(pool),
+               "skipped": skipped, "unreadable": read.unreadable}
+    emit(summary, as_json, lambda out, s: out.print(
+        f"picked {s['picked']} of {s['candidates']} logged images -> {escape(s['annotations'])}"
+        f" ({s['skipped']['redacted_images']} redacted images could not be considered)"))
