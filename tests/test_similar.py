@@ -37,7 +37,8 @@ def indexed(tmp_path_factory):
             "source_id": features[fs.IMAGE_SOURCE_ID].bytes_list.value[0].decode()}
 
 
-def test_a_training_crop_finds_itself_first_with_its_label(indexed):
+@pytest.mark.slow  # the `indexed` fixture: an export and an index (~15 s idle, 30 s loaded)
+def test_a_training_crop_finds_itself_first_and_a_bad_image_is_named(indexed, tmp_path):
     box = ",".join(f"{v:.6f}" for v in indexed["box"])
     result = CliRunner().invoke(main, ["similar", str(indexed["image"]), "--home",
                                        str(indexed["home"]), "--box", box, "-k", "5", "--json"])
@@ -49,16 +50,18 @@ def test_a_training_crop_finds_itself_first_with_its_label(indexed):
     assert [h["similarity"] for h in query["train"]] == sorted(
         (h["similarity"] for h in query["train"]), reverse=True)
     assert query["logs"] == []  # no logs were indexed
-
-
-def test_bad_box_missing_index_and_bad_image_are_one_line_errors(indexed, tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(main, ["similar", str(indexed["image"]), "--home",
-                                  str(indexed["home"]), "--box", "0.5,0.5,0.1,0.9"])
-    assert result.exit_code == 2 and "ymin,xmin,ymax,xmax" in result.output
-    result = runner.invoke(main, ["similar", str(indexed["image"]), "--home", str(tmp_path)])
-    assert result.exit_code == 1 and "sightline index --model" in result.output
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image")
-    result = runner.invoke(main, ["similar", str(junk), "--home", str(indexed["home"])])
+    result = CliRunner().invoke(main, ["similar", str(junk), "--home", str(indexed["home"])])
     assert result.exit_code == 1 and str(junk) in result.output
+
+
+def test_bad_box_and_missing_index_are_one_line_errors(tmp_path):
+    image = tmp_path / "query.jpg"
+    image.write_bytes(b"unread: both errors come first")
+    runner = CliRunner()
+    result = runner.invoke(main, ["similar", str(image), "--home", str(tmp_path), "--box",
+                                  "0.5,0.5,0.1,0.9"])
+    assert result.exit_code == 2 and "ymin,xmin,ymax,xmax" in result.output
+    result = runner.invoke(main, ["similar", str(image), "--home", str(tmp_path)])
+    assert result.exit_code == 1 and "sightline index --model" in result.output

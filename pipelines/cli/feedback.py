@@ -305,9 +305,9 @@ def similar_cmd(image, box, k, index_dir, as_json, context) -> None:
     with open(image, "rb") as f:
         encoded = f.read()
     with context.quiet("similar"):
-        embedder = embeddings.Embedder(model.path)
+        embedder = embeddings.Embedder(model.path, index.manifest["variant"])
         try:
-            _, (found,) = embedder.embed([encoded], [embeddings.WHOLE_IMAGE])
+            (found,) = embedder.embed([encoded], [embeddings.WHOLE_IMAGE]).detections
         except Exception as e:  # a TF decode error: name the file, not the graph
             from serving.backends import clean_tf_message
 
@@ -324,7 +324,7 @@ def similar_cmd(image, box, k, index_dir, as_json, context) -> None:
             if not queries:
                 queries.append({"box": embeddings.WHOLE_IMAGE[0].tolist(), "class": None,
                                 "score": None})
-        (vectors,), _ = embedder.embed([encoded], [np.array([q["box"] for q in queries])])
+        (vectors,) = embedder.embed([encoded], [np.array([q["box"] for q in queries])]).crops
     for query, vector in zip(queries, vectors, strict=True):
         for source in crop_index.SOURCES:
             query[source] = [{"similarity": round(s, 4), **crop}
@@ -383,10 +383,11 @@ def select_cmd(logs, budget, out_dir, model_spec, index_dir, as_json, context) -
     read = log_reader.LogRead(files)
     with context.quiet("select") as terminal:
         pool, skipped = select.candidates(log_reader.read_requests(read), model, settings)
-        embedder = embeddings.Embedder(model.path)
+        embedder = embeddings.Embedder(model.path, index.manifest["variant"])
         with _progress(terminal, "img", len(pool)) as bar:
             select.embed(pool, embedder, index, model, settings, bar.update)
-        chosen = select.select(pool, budget, settings)
+        chosen = select.select(pool, budget, settings,
+                               [r["meta"] for r in index.crops[crop_index.TRAIN_IMAGES]])
         path, rows = select.write_coco(chosen, out_dir, model, settings)
     with open(os.path.join(out_dir, "selection.json"), "w") as f:
         json.dump({"model": model.name, "logs": files, "candidates": len(pool),

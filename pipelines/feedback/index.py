@@ -1,5 +1,6 @@
 """The crop-embedding index: training crops (ground truth) and logged crops (served
-detections), searchable by cosine similarity with FAISS.
+detections), searchable by cosine similarity with FAISS, and the training images' own
+vectors (``select``'s novelty: how far a logged image is from everything trained on).
 
 Two exact inner-product indexes (``faiss.IndexFlatIP``: vectors are L2-normalized, so
 inner product is cosine), one per source, so a query can ask for the nearest training
@@ -7,11 +8,16 @@ crops and the nearest logged crops separately. Exact search costs ~1 ms per quer
 100k crops of 80 dims on one core (``benchmarks/retrieval_bench.py``), well within a CLI's
 budget at this project's scale; an IVF index is the upgrade past a few million crops.
 
+The image vectors (``embeddings``: scene features + brightness/contrast, not unit norm)
+sit in a third, Euclidean index (``faiss.IndexFlatL2``), one per training image with or
+without objects.
+
 On disk (``sightline index``, default ``<home>/feedback/index``): ``index.json`` (model,
-layers, dims, counts, sources), and per source ``<source>.faiss`` with
-``<source>.jsonl``, one line per crop in index order: image id (a training image's
-``image/source_id``, a logged image's SHA-256), box (normalized yxyx), label, class,
-score (None for ground truth), and for a logged crop the request id, version and meta.
+embedding variant, dims, counts, sources), and per source ``<source>.faiss`` with
+``<source>.jsonl``, one line per vector in index order: image id (a training image's
+``image/source_id``, a logged image's SHA-256) and meta, and for a crop its box
+(normalized yxyx), label, class, score (None for ground truth), and for a logged crop the
+request id and version.
 """
 
 from __future__ import annotations
@@ -24,27 +30,30 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.feedback.embeddings import FEATURE_LAYERS, Embedder
+from pipelines.feedback.embeddings import Embedder
 from pipelines.feedback.models import ModelDir
 from serving import log_reader
 
 TRAIN, LOGS = "train", "logs"
-SOURCES = (TRAIN, LOGS)
+SOURCES = (TRAIN, LOGS)  # crop sources
+TRAIN_IMAGES = "train_images"
 MANIFEST = "index.json"
-# What an image yields to the index: its bytes, its boxes [n, 4] and one record per box.
-Crops = tuple[bytes, np.ndarray, list[dict[str, Any]]]
+# What an image yields to the index: its bytes, its boxes [n, 4], one record per box and
+# a record of the image (id, meta).
+Crops = tuple[bytes, np.ndarray, list[dict[str, Any]], dict[str, Any]]
 
 
 class CropIndex:
-    """Crop vectors per source and their records."""
+    """Crop vectors per source, training image vectors, and their records."""
 
-    def __init__(self, dim: int, manifest: dict[str, Any]):
+    def __init__(self, dim: int, image_dim: int, manifest: dict[str, Any]):
         import faiss
 
-        self.dim = dim
+        self.dim, self.image_dim = dim, image_dim
         self.manifest = manifest
         self.indexes = {s: faiss.IndexFlatIP(dim) for s in SOURCES}
-        self.crops: dict[str, list[dict[str, Any]]] = {s: [] for s in SOURCES}
+        self.indexes[TRAIN_IMAGES] = faiss.IndexFlatL2(image_dim)
+        self.crops: dict[str, list[dict[str, Any]]] = {s: [] for s in self.indexes}
 
     def add(self, source: str, vectors: np.ndarray, crops: list[dict[str, Any]]) -> None:
         if len(vectors) != len(crops):
@@ -58,7 +67,8 @@ class CropIndex:
 
     def search(self, source: str, vectors: np.ndarray, k: int
                ) -> list[list[tuple[float, dict[str, Any]]]]:
-        """Per query vector, up to ``k`` (cosine similarity, crop record), nearest first."""
+        """Per query vector, up to ``k`` (cosine similarity, or squared distance for
+        ``TRAIN_IMAGES``; record), nearest first."""
         if not self.size(source) or not len(vectors):
             return [[] for _ in range(len(vectors))]
         sims, ids = self.indexes[source].search(np.ascontiguousarray(vectors, np.float32),
@@ -70,12 +80,12 @@ class CropIndex:
         import faiss
 
         os.makedirs(directory, exist_ok=True)
-        for source in SOURCES:
+        for source in self.indexes:
             faiss.write_index(self.indexes[source], os.path.join(directory, f"{source}.faiss"))
             with open(os.path.join(directory, f"{source}.jsonl"), "w") as f:
                 f.writelines(json.dumps(c, sort_keys=True) + "\n" for c in self.crops[source])
-        manifest = {**self.manifest, "dim": self.dim,
-                    "counts": {s: self.size(s) for s in SOURCES}}
+        manifest = {**self.manifest, "dim": self.dim, "image_dim": self.image_dim,
+                    "counts": {s: self.size(s) for s in self.indexes}}
         path = os.path.join(directory, MANIFEST)
         with open(path, "w") as f:  # last: a folder with a manifest is a complete index
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -92,8 +102,11 @@ class CropIndex:
                                     "`sightline index --model V`)")
         with open(path) as f:
             manifest = json.load(f)
-        index = cls(int(manifest["dim"]), manifest)
-        for source in SOURCES:
+        if "image_dim" not in manifest:
+            raise ValueError(f"{directory}: an index from an older sightline (no training "
+                             "image vectors); rebuild it with `sightline index --model V`")
+        index = cls(int(manifest["dim"]), int(manifest["image_dim"]), manifest)
+        for source in index.indexes:
             index.indexes[source] = faiss.read_index(os.path.join(directory, f"{source}.faiss"))
             with open(os.path.join(directory, f"{source}.jsonl")) as f:
                 index.crops[source] = [json.loads(line) for line in f]
@@ -120,7 +133,7 @@ def example_crops(serialized: Iterable[bytes]) -> Iterator[Crops]:
                   "label": int(label), "class": text, "score": None, "meta": meta}
                  for box, label, text in zip(boxes, features.get(fs.CLASS_LABEL, []), texts,
                                              strict=True)]
-        yield features[fs.IMAGE_ENCODED][0], boxes, crops
+        yield features[fs.IMAGE_ENCODED][0], boxes, crops, {"image": image, "meta": meta}
 
 
 def served_boxes(image: log_reader.LoggedImage, model: ModelDir,
@@ -147,21 +160,22 @@ def log_crops(requests: Iterable[log_reader.LoggedRequest], model: ModelDir,
                       "score": round(float(s), 4), "request_id": logged.request_id,
                       "version": logged.version, "meta": image.meta}
                      for box, s, c in zip(kept.boxes, kept.scores, kept.classes, strict=True)]
-            yield image.encoded, kept.boxes, crops
+            yield image.encoded, kept.boxes, crops, {"image": image.digest, "meta": image.meta}
 
 
 def build(embedder: Embedder, model: ModelDir, sources: dict[str, Iterable[Crops]],
           manifest: dict[str, Any], progress: Callable[[int], None] = lambda n: None,
           batch: int = 64) -> CropIndex:
-    """Embeds every source's crops into a new index."""
-    index = CropIndex(embedder.dim, {**manifest, "model": {"name": model.name,
-                                                            "path": model.path},
-                                     "layers": list(FEATURE_LAYERS), "built_at": time.time(),
-                                     "class_names": list(model.class_names)})
+    """Embeds every source's crops (and the training images) into a new index."""
+    index = CropIndex(embedder.dim, embedder.image_dim,
+                      {**manifest, "model": {"name": model.name, "path": model.path},
+                       "variant": embedder.variant,
+                       "parts": [list(p) for p in embedder.parts], "built_at": time.time(),
+                       "class_names": list(model.class_names)})
     for source, items in sources.items():
         pending: list[Crops] = []
         for item in items:
-            if len(item[2]):
+            if len(item[2]) or source == TRAIN:  # every training image has a vector
                 pending.append(item)
             if len(pending) == batch:
                 _add(index, embedder, source, pending, progress)
@@ -174,8 +188,10 @@ def _add(index: CropIndex, embedder: Embedder, source: str, items: Sequence[Crop
          progress: Callable[[int], None]) -> None:
     if not items:
         return
-    vectors, _ = embedder.embed([i[0] for i in items], [i[1] for i in items])
-    index.add(source, np.concatenate(vectors), [c for i in items for c in i[2]])
+    embedded = embedder.embed([i[0] for i in items], [i[1] for i in items])
+    index.add(source, np.concatenate(embedded.crops), [c for i in items for c in i[2]])
+    if source == TRAIN:
+        index.add(TRAIN_IMAGES, embedded.images, [i[3] for i in items])
     progress(len(items))
 
 

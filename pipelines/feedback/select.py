@@ -10,15 +10,24 @@ each in [0, 1]:
 - **disagreement**: where shadow logs pair the image with another version's answer
   (same request id and position), the share of detections either version has that the
   other does not match (class and IoU, ``pipelines.registry.compare.match``).
-- **novelty**: 1 - the mean, over the image's crops (served detections, or the whole
-  image without any), of the cosine similarity to the nearest training crop in the
-  crop index: traffic unlike the training data (a new camera, night scenes).
+- **novelty**: how much more of this kind of image the model now serves than it was
+  trained on: around the image's vector (``embeddings``: scene features plus brightness
+  and contrast), the logs' share of the density against the TRAINING images in the index
+  (``log_density_share``), rank-normalized. New traffic (a new camera) and
+  over-represented traffic (night scenes) both score high. Images, not crops: a drifted
+  scene changes every crop, and an image without detections has no crop to compare.
 
-Ranked by ``weights`` . terms, greedily, with a redundancy penalty (the similarity of an
-image's vector to the images already picked) so a burst of near-identical frames is not
-labelled ten times. A share of the budget (``class_quota_share``) is reserved and split
-across the classes the model detects by inverse frequency, rarest first, so rare classes
-are not drowned by the common ones; the rest goes to the best remaining images.
+Picks are greedy on ``weights . terms`` with a redundancy penalty (the similarity of an
+image's crop vector to those already picked) so a burst of near-identical frames is not
+labelled ten times. Before the free picks, two kinds of quota are met, each a minimum
+count of picks (an image can meet several):
+
+- **slices**: a ``meta/*`` value whose share of the logged images is at least
+  ``slice_min_ratio`` times its share of the training images (or absent from training)
+  is drifted traffic; ``slice_quota_share`` of the budget is split across such slices by
+  their excess share. The drift check flags such a shift; this labels it.
+- **classes**: ``class_quota_share`` of the budget split across the detected classes by
+  inverse frequency, rarest first, so rare classes are not drowned by the common ones.
 """
 
 from __future__ import annotations
@@ -114,20 +123,54 @@ def candidates(requests: Iterable[log_reader.LoggedRequest], model: ModelDir,
 def embed(pool: list[Candidate], embedder: Embedder, index: crop_index.CropIndex,
           model: ModelDir, settings: FeedbackSettings,
           progress: Callable[[int], None] = lambda n: None) -> None:
-    """Sets each candidate's image vector and novelty against the training crops."""
+    """Sets each candidate's crop vector (for redundancy) and its novelty
+    (``log_density_share`` of its image vector)."""
+    images = []
     for start in range(0, len(pool), 32):
         chunk = pool[start:start + 32]
         boxes = []
         for c in chunk:
             kept = crop_index.served_boxes(c.image, model, settings.default_threshold).boxes
             boxes.append(kept if len(kept) else WHOLE_IMAGE)
-        vectors, _ = embedder.embed([c.image.encoded for c in chunk], boxes)
-        for candidate, crops in zip(chunk, vectors, strict=True):
-            nearest = index.search(crop_index.TRAIN, crops, 1)
-            sims = [hits[0][0] for hits in nearest if hits]
-            candidate.novelty = float(1 - np.mean(sims)) if sims else 1.0
+        embedded = embedder.embed([c.image.encoded for c in chunk], boxes)
+        images.append(embedded.images)
+        for candidate, crops in zip(chunk, embedded.crops, strict=True):
             candidate.vector = image_vector(crops)
         progress(len(chunk))
+    if pool:
+        shares = log_density_share(np.concatenate(images), index, settings.novelty_neighbours)
+        for candidate, share in zip(pool, shares, strict=True):
+            candidate.novelty = float(share)
+
+
+def log_density_share(logged: np.ndarray, index: crop_index.CropIndex, k: int) -> np.ndarray:
+    """Per logged image vector, the logs' share of the density around it:
+    ``p_logs / (p_logs + p_train)`` estimated from its ``k`` nearest neighbours among the
+    training images (the index) and the other logged images, each set weighted by
+    1 / its size. 0.5 where traffic looks like training in proportion; towards 1 where it
+    is new (no training image near) or over-represented (night is 15 % of training and
+    40 % of traffic): both are what the model has learnt least about, relative to what it
+    now serves. A nearest-distance score misses the second: a night frame has a close
+    training twin, just too few of them."""
+    import faiss
+
+    trained = index.size(crop_index.TRAIN_IMAGES)
+    if not trained:
+        return np.ones(len(logged))
+    own = faiss.IndexFlatL2(logged.shape[1])
+    own.add(np.ascontiguousarray(logged, np.float32))
+    near_logs, _ = own.search(np.ascontiguousarray(logged, np.float32),
+                              min(k + 1, len(logged)))
+    near_logs = near_logs[:, 1:]  # itself first
+    near_train = np.array([[d for d, _ in hits] for hits in
+                           index.search(crop_index.TRAIN_IMAGES, logged, min(k, trained))])
+    distances = np.concatenate([near_logs, near_train], axis=1)
+    weights = np.concatenate([np.full(near_logs.shape, 1.0 / max(len(logged) - 1, 1)),
+                              np.full(near_train.shape, 1.0 / trained)], axis=1)
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(weights, nearest, axis=1)
+    from_logs = nearest < near_logs.shape[1]  # columns before the training ones
+    return (kept * from_logs).sum(axis=1) / kept.sum(axis=1)
 
 
 def _ranks(values: list[float]) -> np.ndarray:
@@ -138,43 +181,88 @@ def _ranks(values: list[float]) -> np.ndarray:
     return order / (len(values) - 1)
 
 
-def select(pool: list[Candidate], budget: int, settings: FeedbackSettings
-           ) -> list[Candidate]:
-    """``budget`` candidates: per-class quotas first (rarest class first), then the best
-    of the rest; each pick penalized by its similarity to those already picked."""
+def select(pool: list[Candidate], budget: int, settings: FeedbackSettings,
+           training_meta: list[dict[str, str]] | None = None) -> list[Candidate]:
+    """``budget`` candidates: slice quotas (``training_meta``: the training images'
+    ``meta/*``, from the index), then class quotas (rarest first), then the best of the
+    rest; each pick penalized by its similarity to those already picked."""
     novelty = _ranks([c.novelty for c in pool])
     for c, n in zip(pool, novelty, strict=True):
         c.score = (settings.uncertainty_weight * c.uncertainty
                    + settings.disagreement_weight * (c.disagreement or 0.0)
                    + settings.novelty_weight * float(n))
+    budget = min(budget, len(pool))
     chosen: list[Candidate] = []
+    groups: list[tuple[int, Callable[[Candidate], bool], str]] = []
+    for (key, value), (quota, log_share, train_share) in drifted_slices(
+            [c.image.meta for c in pool], training_meta or [], settings,
+            int(budget * settings.slice_quota_share)).items():
+        groups.append((quota, lambda c, k=key, v=value: c.image.meta.get(k) == v,
+                       f"drifted slice: {key}={value} ({log_share:.0%} of logged images, "
+                       f"{train_share:.0%} of training images)"))
     counts: dict[str, int] = {}
     for c in pool:
         for cls in c.classes:
             counts[cls] = counts.get(cls, 0) + 1
     for cls, quota in quotas(counts, int(budget * settings.class_quota_share)).items():
-        for _ in range(quota):
-            if not _pick(pool, chosen, settings, lambda c, k=cls: k in c.classes,
-                         f"class quota: {cls} ({counts[cls]} logged images with it)"):
+        groups.append((quota, lambda c, k=cls: k in c.classes,
+                       f"class quota: {cls} ({counts[cls]} logged images with it)"))
+    for quota, member, reason in groups:
+        # A quota is on top of the group's share of the pool (what random picks would give).
+        target = quota + round(budget * sum(map(member, pool)) / len(pool))
+        while sum(map(member, chosen)) < target and len(chosen) < budget:
+            if not _pick(pool, chosen, settings, member, reason):
                 break
-    while len(chosen) < min(budget, len(pool)):
+    while len(chosen) < budget:
         _pick(pool, chosen, settings, lambda c: True, "")
     return chosen
+
+
+def _largest_remainder(weights: dict[Any, float], reserved: int) -> dict[Any, int]:
+    """``reserved`` whole picks split in proportion to ``weights`` (largest remainder)."""
+    total = sum(weights.values())
+    if not weights or reserved <= 0 or total <= 0:
+        return {}
+    exact = {k: reserved * w / total for k, w in weights.items()}
+    shares = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (shares[k] - exact[k], -weights[k], str(k)))[
+            :reserved - sum(shares.values())]:
+        shares[k] += 1
+    return {k: n for k, n in shares.items() if n}
 
 
 def quotas(counts: dict[str, int], reserved: int) -> dict[str, int]:
     """``reserved`` picks split across classes by inverse frequency (largest remainder),
     rarest first: a class in 1 of 10 images gets 10x the quota of one in every image."""
-    if not counts or reserved <= 0:
-        return {}
-    weights = {k: 1.0 / n for k, n in counts.items()}
-    total = sum(weights.values())
-    exact = {k: reserved * w / total for k, w in weights.items()}
-    shares = {k: int(v) for k, v in exact.items()}
-    for k in sorted(exact, key=lambda k: (shares[k] - exact[k], counts[k], k))[
-            :reserved - sum(shares.values())]:
-        shares[k] += 1
+    shares = _largest_remainder({k: 1.0 / n for k, n in counts.items() if n}, reserved)
     return dict(sorted(shares.items(), key=lambda kv: (counts[kv[0]], kv[0])))
+
+
+def drifted_slices(logged_meta: list[dict[str, str]], training_meta: list[dict[str, str]],
+                   settings: FeedbackSettings, reserved: int
+                   ) -> dict[tuple[str, str], tuple[int, float, float]]:
+    """Meta slices over-represented in the logs vs training: (field, value) -> (quota,
+    share of logged images, share of training images), largest excess first. Quotas
+    split ``reserved`` by excess share; without training meta there is nothing to
+    compare with, so no slice gets one."""
+    if not logged_meta or not training_meta:
+        return {}
+
+    def shares(metas: list[dict[str, str]]) -> dict[tuple[str, str], float]:
+        counts: dict[tuple[str, str], int] = {}
+        for meta in metas:
+            for item in meta.items():
+                if item[1]:
+                    counts[item] = counts.get(item, 0) + 1
+        return {k: n / len(metas) for k, n in counts.items()}
+
+    logged, trained = shares(logged_meta), shares(training_meta)
+    excess = {k: share - trained.get(k, 0.0) for k, share in logged.items()
+              if share >= settings.slice_min_ratio * trained.get(k, 0.0)
+              and share > trained.get(k, 0.0)}
+    split = _largest_remainder(excess, reserved)
+    return {k: (split[k], logged[k], trained.get(k, 0.0))
+            for k in sorted(split, key=lambda k: -excess[k])}
 
 
 def _pick(pool: list[Candidate], chosen: list[Candidate], settings: FeedbackSettings,
@@ -203,7 +291,8 @@ def _reasons(c: Candidate, quota_reason: str, overlap: float) -> list[str]:
         reasons.append(f"uncertain: {c.uncertain_detection} (entropy {c.uncertainty:.2f})")
     if c.disagreement:
         reasons.append(f"versions disagree on {c.disagreement:.0%} of detections")
-    reasons.append(f"novelty {c.novelty:.3f} (1 - similarity to the nearest training crops)")
+    reasons.append(f"novelty {c.novelty:.3f} (the logs' share of the density around it; "
+                   "0.5: as common as in training)")
     reasons.append(f"score {c.score:.3f}, similarity to earlier picks {overlap:.2f}")
     return reasons
 
@@ -248,9 +337,14 @@ def write_coco(chosen: list[Candidate], out_dir: str, model: ModelDir,
         images.append({"id": rank, "file_name": file_name, "width": width, "height": height,
                        **c.image.meta, "sightline_selection": record})
         kept = crop_index.served_boxes(c.image, model, settings.default_threshold)
-        pixels = box_formats.convert(kept.boxes, box_formats.YXYX, box_formats.COCO,
+        # Served boxes may overhang the image (decode does not clip); ingestion quarantines
+        # a box more than a pixel outside it, so clip, and drop what clipping empties.
+        clipped = np.clip(kept.boxes, 0.0, 1.0)
+        inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        pixels = box_formats.convert(clipped[inside], box_formats.YXYX, box_formats.COCO,
                                      height=height, width=width)
-        for bbox, score, label in zip(pixels, kept.scores, kept.classes, strict=True):
+        for bbox, score, label in zip(pixels, kept.scores[inside], kept.classes[inside],
+                                      strict=True):
             annotations.append({"id": len(annotations) + 1, "image_id": rank,
                                 "category_id": int(label),
                                 "bbox": [round(float(v), 2) for v in bbox],
