@@ -3,6 +3,7 @@ logged by the server's own ``RequestLogger`` (seconds, no server process)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import time
@@ -76,3 +77,16 @@ def export_untrained(path: str | os.PathLike, class_names: tuple[str, ...] = syn
                         "num_classes": len(class_names), "class_names": list(class_names)},
                        list(class_names))
     return str(path)
+
+
+@functools.cache
+def shared_untrained() -> str:
+    """``export_untrained()`` once per test process (the select and similar modules share
+    it: an export is most of a fixture's time on a loaded machine)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="sightline-feedback-")
+    atexit.register(shutil.rmtree, root, True)
+    return export_untrained(os.path.join(root, "model"))

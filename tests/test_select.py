@@ -14,7 +14,7 @@ from data import feature_spec as fs
 from pipelines.cli import main
 from serving import log_reader
 from tests.fake_detector import save_fake_detector
-from tests.feedback_fixture import batches, export_untrained, synth_examples, write_log
+from tests.feedback_fixture import batches, shared_untrained, synth_examples, write_log
 
 RARE = "ring"  # the generator's rarest class (5 % of objects)
 BUDGET = 24
@@ -43,7 +43,7 @@ def selected(tmp_path_factory):
     import tensorflow as tf
 
     root = tmp_path_factory.mktemp("select")
-    model = export_untrained(root / "model")
+    model = shared_untrained()
     train = synth_examples(root, "default", 32, seed=0)
     train_file = root / "train.tfrecord.gz"
     with tf.io.TFRecordWriter(str(train_file), options="GZIP") as writer:
@@ -209,3 +209,23 @@ def test_slices_over_represented_in_the_logs_get_quota_and_others_none():
     # night: 40 % vs 15 % (excess .25); camera=new: 10 % vs 0 % (excess .10); day: fewer.
     assert quotas == {("lighting", "night"): (7, 0.4, 0.15), ("camera", "new"): (3, 0.1, 0.0)}
     assert drifted_slices(logged, [], FeedbackSettings(), 10) == {}
+
+
+def test_novelty_is_high_where_traffic_is_new_or_over_represented():
+    """Training: 90 images in one cluster, 10 in a second; traffic: half in each, plus
+    images far from both. The density share ranks new > over-represented > as-trained."""
+    from pipelines.feedback import index as crop_index
+    from pipelines.feedback.select import log_density_share
+
+    rng = np.random.default_rng(0)
+
+    def cluster(centre: float, n: int) -> np.ndarray:
+        return (centre + 0.01 * rng.standard_normal((n, 2))).astype(np.float32)
+
+    index = crop_index.CropIndex(2, 2, {})
+    index.add(crop_index.TRAIN_IMAGES, np.concatenate([cluster(0, 90), cluster(1, 10)]),
+              [{"image": str(i), "meta": {}} for i in range(100)])
+    logged = np.concatenate([cluster(0, 45), cluster(1, 45), cluster(5, 10)])
+    share = log_density_share(logged, index, 10)
+    common, rare_in_training, new = share[:45].mean(), share[45:90].mean(), share[90:].mean()
+    assert new >= 0.9 and new > rare_in_training > 0.75 > 0.4 > common, share

@@ -11,13 +11,13 @@ from tensorflow.core.example import example_pb2
 
 from data import feature_spec as fs
 from pipelines.cli import main
-from tests.feedback_fixture import export_untrained, synth_examples
+from tests.feedback_fixture import shared_untrained, synth_examples
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("similar")
-    model = export_untrained(root / "model")
+    model = shared_untrained()
     examples = synth_examples(root, "default", 8, seed=1)
     train = root / "train.tfrecord.gz"
     with tf.io.TFRecordWriter(str(train), options="GZIP") as writer:

@@ -38,7 +38,7 @@ from trainer.export import load_detector
 from trainer.model import HEATMAP, OFFSET, SIZE
 from trainer.preprocess import preprocess_batch
 
-NECK, HEAD_HIDDEN = "merge0", f"{HEATMAP}_hidden_relu6"
+NECK, HEAD_HIDDEN, HEAD_LOGITS = "merge0", f"{HEATMAP}_hidden_relu6", f"{HEATMAP}_logits"
 CENTER, ROI = "center", "roi"
 # name -> the (layer, sampling) parts joined into a crop vector; ROI = mean of a 3x3
 # crop_and_resize over the box, CENTER = bilinear sample at the box centre.
@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[tuple[str, str], ...]] = {
     "center-neck": ((NECK, CENTER),),
     "center": ((NECK, CENTER), (HEAD_HIDDEN, CENTER)),
     "center+roi": ((NECK, CENTER), (HEAD_HIDDEN, CENTER), (NECK, ROI)),
+    "center+logits": ((NECK, CENTER), (HEAD_HIDDEN, CENTER), (HEAD_LOGITS, CENTER)),
 }
 DEFAULT_VARIANT = "center"
 CROP = 3
