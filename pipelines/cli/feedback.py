@@ -232,8 +232,8 @@ index_option = click.option("--index", "index_dir", default=None,
 @index_option
 @model_options
 def index_cmd(model_spec, examples, logs, index_dir, context) -> None:
-    """Build the crop-embedding index (training ground truth + logged detections) that
-    `similar` and `select` search."""
+    """Build the crop-embedding index (training ground truth + logged detections, and the
+    training images' vectors) that `similar` and `select` search."""
     from components.coco_eval.offline import read_examples
     from pipelines.feedback import embeddings
     from pipelines.feedback import index as crop_index
@@ -363,7 +363,8 @@ def _print_similar(out: Console, result: dict[str, Any]) -> None:
 @model_options
 def select_cmd(logs, budget, out_dir, model_spec, index_dir, as_json, context) -> None:
     """Rank logged images for labelling (uncertainty, version disagreement, novelty vs the
-    training crops, per-class quotas) and write the picks as a pre-annotated COCO set."""
+    training images, drifted-slice and per-class quotas) and write the picks as a
+    pre-annotated COCO set."""
     import csv
     import json
 

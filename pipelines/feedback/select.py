@@ -19,8 +19,9 @@ each in [0, 1]:
 
 Picks are greedy on ``weights . terms`` with a redundancy penalty (the similarity of an
 image's crop vector to those already picked) so a burst of near-identical frames is not
-labelled ten times. Before the free picks, two kinds of quota are met, each a minimum
-count of picks (an image can meet several):
+labelled ten times. Before the free picks, two kinds of quota are met. Each is a target
+count: the group's share of the pool (what random picks would give it) plus its reserve,
+so a quota always adds to what random selection gives; an image can count for several.
 
 - **slices**: a ``meta/*`` value whose share of the logged images is at least
   ``slice_min_ratio`` times its share of the training images (or absent from training)
