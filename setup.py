@@ -33,6 +33,7 @@ setup(
         "prometheus-client",
         "google-crc32c",  # request-log TFRecord framing without TensorFlow
         "psutil",  # whether a run recorded in a shared ML Metadata store still runs
+        "faiss-cpu",  # the crop-embedding index of sightline similar / select
     ],
     extras_require={"test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"]},
     entry_points={"console_scripts": ["sightline = pipelines.cli:main"]},

@@ -228,6 +228,51 @@ class ReleaseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class FeedbackSettings:
+    """How ``sightline select`` ranks logged images for labelling (pipelines/feedback)."""
+
+    # Weights of the three terms, each in [0, 1] (select.py's docstring).
+    uncertainty_weight: float = 1.0
+    disagreement_weight: float = 1.0
+    novelty_weight: float = 1.0
+    # Penalty per unit of cosine similarity to an image already picked.
+    redundancy_weight: float = 0.5
+    # Share of the budget reserved for detected classes, split by inverse frequency.
+    class_quota_share: float = 0.5
+    # Share of the budget reserved for drifted meta slices (select.drifted_slices), and
+    # how many times its training share a slice's logged share must be to count.
+    slice_quota_share: float = 0.25
+    slice_min_ratio: float = 1.5
+    # Neighbours in the novelty's density estimate (select.log_density_share).
+    novelty_neighbours: int = 10
+    # Detections below this are not considered at all (decode's floor is lower).
+    min_score: float = 0.05
+    # A class's threshold when the model has none (an export never evaluated).
+    default_threshold: float = 0.3
+    # Detections counted when two versions' answers are compared.
+    disagreement_min_score: float = 0.3
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}={getattr(self, name)}; use a share in [0, 1]"
+                    for name in ("class_quota_share", "slice_quota_share", "min_score",
+                                 "default_threshold", "disagreement_min_score")
+                    if not 0 <= getattr(self, name) <= 1]
+        if self.class_quota_share + self.slice_quota_share > 1:
+            problems.append(f"class_quota_share + slice_quota_share = "
+                            f"{self.class_quota_share + self.slice_quota_share}; at most 1")
+        if self.novelty_neighbours < 1:
+            problems.append(f"novelty_neighbours={self.novelty_neighbours}; must be >= 1")
+        if self.slice_min_ratio < 1:
+            problems.append(f"slice_min_ratio={self.slice_min_ratio}; use >= 1 (a slice "
+                            "must be more common in the logs than in training)")
+        problems += [f"{name}={getattr(self, name)}; must be >= 0"
+                     for name in ("uncertainty_weight", "disagreement_weight",
+                                  "novelty_weight", "redundancy_weight")
+                     if getattr(self, name) < 0]
+        _require(problems, "feedback")
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamSettings:
     """Beam for the data and evaluation stages: local DirectRunner, or any runner's args."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli import data, inspect, models, run
+from pipelines.cli import data, feedback, inspect, models, run
 from serving.cli import serve
 
 
@@ -43,5 +43,6 @@ def main() -> None:
 
 for command in (run.run, run.compile_cmd, run.config_cmd, inspect.runs_group, inspect.report,
                 inspect.lineage, data.data_group, data.schema_group, models.models_group,
-                serve):
+                serve, feedback.replay_cmd, feedback.index_cmd, feedback.similar_cmd,
+                feedback.select_cmd):
     main.add_command(command)

@@ -146,7 +146,8 @@ def _pairs(items: list[Item], baseline: int, candidate: int
     return pairs, {"request": by_request, "image": len(pairs) - by_request}
 
 
-def _latency(values: list[float]) -> dict[str, Any]:
+def latency_summary(values: list[float]) -> dict[str, Any]:
+    """Count, p50, p95 and mean of latencies in ms (None each without values)."""
     if not values:
         return {"count": 0, "p50": None, "p95": None, "mean": None}
     array = np.asarray(values)
@@ -260,4 +261,4 @@ def _requests(requests: list[Request], baseline: int, candidate: int
         roles[(request.version, request.role)] += 1
         if request.latency_ms is not None:
             latencies[request.version].append(request.latency_ms)
-    return roles, {str(v): _latency(latencies[v]) for v in (baseline, candidate)}
+    return roles, {str(v): latency_summary(latencies[v]) for v in (baseline, candidate)}
