@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.train_bench                          # small and medium
     .venv/bin/python -m benchmarks.train_bench --sizes small --set epochs=4
+    .venv/bin/python -m benchmarks.train_bench --profile --sizes small   # one step, by stage
 
 The dataset is the pipeline's default (``pipelines/configs.py``), generated once into
 ``.sightline/bench-data`` and split exactly as CocoExampleGen splits it (TFX's hash
@@ -17,6 +18,10 @@ Evaluator uses. Prints a table and writes ``benchmarks/results/train_bench.json`
   measured float32 matmul throughput: how much of the machine training uses.
 * ``mAP_agnostic``, ``mAP50_agnostic``: the same scoring with every class merged into one,
   so the gap to ``mAP`` is what confusing the shapes costs, the rest is localization.
+
+``--profile`` trains nothing to the end: it times one training step's parts, each alone on
+the whole machine, in ms per batch (``profile_step``), and writes
+``benchmarks/results/train_profile.json``.
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ from data import feature_spec as fs
 from pipelines import configs
 from trainer.config import MODEL_SIZES, TrainConfig
 from trainer.export import export_saved_model
-from trainer.input import count_examples
-from trainer.model import build_model
-from trainer.train import TrainResult, train
+from trainer.input import augment, count_examples, list_files, make_dataset, parse_example
+from trainer.losses import detection_loss
+from trainer.model import OUTPUT_STRIDE, build_model
+from trainer.targets import encode_targets
+from trainer.train import CenterNetTrainer, TrainResult, make_optimizer, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -198,16 +205,143 @@ def bench_size(size: str, train_config: dict, splits: dict[str, str], peak: floa
     }
 
 
+# --- --profile: one step, stage by stage -------------------------------------------------
+PROFILE_WARMUP_BATCHES = 3  # tracing and thread-pool start-up, not timed
+
+
+def _ms_per_batch(batches, count: int) -> float:
+    """Median ms per ``next()`` of an iterator over ``count`` calls after the warm-up."""
+    for _ in range(PROFILE_WARMUP_BATCHES):
+        next(batches)
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        next(batches)
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+def _calls(fn):
+    """An endless iterator of ``fn()``, for ``_ms_per_batch``."""
+    while True:
+        yield fn()
+
+
+def _stage_ms(ds: tf.data.Dataset, batch_size: int, count: int) -> float:
+    """ms per ``batch_size`` elements of a per-element stage, run as training runs it
+    (parallel map on every core); batching is cheap next to the stages timed."""
+    return _ms_per_batch(iter(ds.ragged_batch(batch_size).repeat()), count)
+
+
+def profile_step(config: TrainConfig, train_pattern: str, batches: int = 20
+                 ) -> dict[str, float]:
+    """ms per batch of each part of a training step, each measured alone.
+
+    * ``decode``: parse + ``preprocess_image`` (JPEG decode, resize), paid in the first
+      epoch only since the decoded images are cached;
+    * ``augment``: flip, zoom, colour jitter of cached images; ``targets``: CenterNet
+      target encoding of augmented boxes;
+    * ``input``: the training ``tf.data`` pipeline alone once its cache is filled;
+    * ``loss``: the loss and its gradient on fixed model outputs;
+    * ``model``: a whole train step (forward, loss, backward, AdamW) on one fixed batch;
+    * ``step``: a train step fed by the training pipeline (what ``fit`` runs).
+
+    ``step`` - ``model`` is what the input costs the step after overlap (prefetch).
+    """
+    size, grid = config.input_size, config.input_size // OUTPUT_STRIDE
+    n = config.batch_size * (batches + PROFILE_WARMUP_BATCHES + 1)
+    records = tf.data.TFRecordDataset(list_files([train_pattern]), compression_type="GZIP")
+    records = records.take(n).cache()
+    parsed = records.map(lambda s: parse_example(s, size), tf.data.AUTOTUNE)
+    decoded = parsed.cache()
+    for _ in decoded:  # fill the cache
+        pass
+
+    def seeded_augment(index: tf.Tensor, example: tuple[tf.Tensor, ...]):
+        return augment(*example, seed=tf.stack([tf.cast(config.seed, tf.int64), index]))
+
+    augmented = decoded.enumerate().map(seeded_augment, tf.data.AUTOTUNE).cache()
+    for _ in augmented:
+        pass
+    targets = augmented.map(lambda image, boxes, classes: encode_targets(
+        boxes, classes, grid, config.num_classes), tf.data.AUTOTUNE)
+    timings = {
+        "decode": _stage_ms(parsed, config.batch_size, batches),
+        "augment": _stage_ms(decoded.enumerate().map(seeded_augment, tf.data.AUTOTUNE),
+                             config.batch_size, batches),
+        "targets": _stage_ms(targets, config.batch_size, batches),
+    }
+
+    # The training pipeline alone, after one epoch has filled its cache.
+    train_ds = make_dataset([train_pattern], config, training=True)
+    steps_per_epoch = count_examples([train_pattern]) // config.batch_size
+    pipeline = iter(train_ds)
+    for _ in range(steps_per_epoch):
+        next(pipeline)
+    timings["input"] = _ms_per_batch(pipeline, batches)
+
+    detector = build_model(config.model_size, size, config.num_classes)
+    trainer = CenterNetTrainer(detector)
+    trainer.compile(optimizer=make_optimizer(config.learning_rate, config.weight_decay,
+                                             10_000, 100))
+    images, batch_targets = next(pipeline)
+    outputs = {k: tf.identity(v) for k, v in detector(images, training=False).items()}
+
+    @tf.function
+    def loss_and_gradient() -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(outputs)
+            loss = detection_loss(batch_targets, outputs)["loss"]
+        return tape.gradient(loss, list(outputs.values()))
+
+    timings["loss"] = _ms_per_batch(_calls(loss_and_gradient), batches)
+    step = trainer.make_train_function()
+    fixed = iter(tf.data.Dataset.from_tensors((images, batch_targets)).repeat())
+    timings["model"] = _ms_per_batch(_calls(lambda: step(fixed)["loss"].numpy()), batches)
+    timings["step"] = _ms_per_batch(_calls(lambda: step(pipeline)["loss"].numpy()), batches)
+    return {k: round(v, 1) for k, v in timings.items()}
+
+
+def run_profile(run_config: configs.RunConfig, splits: dict[str, str], sizes: list[str],
+                out: str) -> None:
+    """``--profile``: prints and writes ``profile_step`` per model size."""
+    host = machine.describe()
+    rows = []
+    for size in sizes:
+        config = TrainConfig.from_dict({**run_config.train.hparams, "model_size": size,
+                                        "class_names": list(synth.CLASS_NAMES)})
+        rows.append({"model_size": size, "batch_size": config.batch_size,
+                     "input_size": config.input_size,
+                     "ms_per_batch": profile_step(config, splits["train"])})
+    stages = list(rows[0]["ms_per_batch"])
+    print(f"\n{machine.summary(host)}; ms per batch, each stage alone")
+    print(" | ".join(("size", "batch", *stages)))
+    for r in rows:
+        print(" | ".join(str(v) for v in (r["model_size"], r["batch_size"],
+                                          *r["ms_per_batch"].values())))
+    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(out).write_text(json.dumps({"machine": host, "results": rows}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(MODEL_SIZES), choices=MODEL_SIZES)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="TrainConfig field=value, e.g. epochs=4")
     parser.add_argument("--config", default="default", help="pipeline config for the data")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "train_bench.json"))
+    parser.add_argument("--profile", action="store_true",
+                        help="time one training step's parts instead of training")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/train_bench.json"
+                        " or train_profile.json)")
     args = parser.parse_args()
 
     run_config, splits = bench_data(args.config, args.overrides)
+    if args.profile:
+        run_profile(run_config, splits, args.sizes,
+                    args.out or str(RESULTS_DIR / "train_profile.json"))
+        return
+    args.out = args.out or str(RESULTS_DIR / "train_bench.json")
     synthetic = run_config.data.synthetic
     peak = matmul_gflops()
     rows = [bench_size(size, run_config.train.hparams, splits, peak) for size in args.sizes]
