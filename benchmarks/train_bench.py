@@ -7,8 +7,8 @@
 The dataset is the pipeline's default (``pipelines/configs.py``), generated once into
 ``.sightline/bench-data`` and split exactly as CocoExampleGen splits it (TFX's hash
 partition on ``image/source_id``, 4:1). Each size trains with the config's ``TrainConfig``
-(plus ``--set`` overrides; the default config's time budget included, ``--set
-time_budget_s=0`` for its fixed epochs), is exported, and is scored on the eval split through the
+(plus ``--set`` overrides: ``--config ten_minutes`` trains to that preset's time budget,
+``--set time_budget_s=...`` to any), is exported, and is scored on the eval split through the
 exported ``serving_examples`` signature, the path TFMA takes, with the COCO metric the
 Evaluator uses. Prints a table and writes ``benchmarks/results/train_bench.json``:
 
