@@ -11,20 +11,17 @@ import os
 import pathlib
 import platform
 
+from trainer.hardware import CPUINFO, cpu_flags, cpuinfo_fields
+
 # The extensions that change TF / XNNPACK / oneDNN speed here, in the order printed.
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
               "asimddp", "i8mm")  # the last two: ARM dot-product and int8 matmul
-CPUINFO = pathlib.Path("/proc/cpuinfo")
 
 
 def describe(cpuinfo: pathlib.Path = CPUINFO) -> dict[str, object]:
     """CPU model, logical CPUs, Python version and which of ``SIMD_FLAGS`` the CPU has."""
-    fields: dict[str, str] = {}
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-    flags = set(fields.get("flags", fields.get("features", "")).split())
+    fields = cpuinfo_fields(cpuinfo)
+    flags = cpu_flags(cpuinfo)
     return {
         "cpu": fields.get("model name") or platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),

@@ -90,7 +90,7 @@ def test_another_runner_drops_the_direct_runner_flags():
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"choose one of \['default', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"choose one of \['default', 'ten_minutes', 'tiny'\]"):
         configs.load("huge")
 
 
@@ -124,3 +124,9 @@ def test_home_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(configs.HOME_ENV, str(tmp_path))
     assert configs.home_dir() == str(tmp_path)
     assert configs.Paths(configs.home_dir(), "p").metadata == str(tmp_path / "metadata.sqlite")
+
+
+def test_only_the_ten_minute_preset_has_a_time_budget():
+    assert configs.load("default").train.hparams.get("time_budget_s", 0) == 0
+    assert configs.load("ten_minutes").train.hparams["time_budget_s"] == \
+        configs.TEN_MINUTE_BUDGET_S

@@ -112,6 +112,12 @@ def test_model_artifact_records_the_exported_hparams(tiny_run):
     assert custom["hparam_seed"].int_value == hparams["seed"]
     assert custom["hparam_learning_rate"].double_value == hparams["learning_rate"]
     assert json.loads(custom["hparam_class_names"].string_value) == hparams["class_names"]
+    # What the run took: its steps, step time, seconds and compute precision.
+    assert custom["hparam_train_steps"].int_value == hparams["train_steps"] > 0
+    assert custom["hparam_step_seconds"].double_value == hparams["step_seconds"]
+    assert custom["hparam_train_seconds"].double_value == hparams["train_seconds"] > 0
+    assert custom["hparam_compute_precision"].string_value in ("float32", "bfloat16")
+    assert custom["hparam_time_budget_s"].double_value == 0.0  # the tiny config has none
     assert set(summary["model"]["hparams"]) == set(hparams)  # what `runs show --json` reports
     result = CliRunner().invoke(main, ["runs", "show", "latest", "--home", home])
     assert result.exit_code == 0, result.output

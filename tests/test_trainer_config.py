@@ -36,6 +36,8 @@ def test_class_names_are_required():
         ({"epochs": 2.5}, "expected an integer"),
         ({"learning_rate": True}, "expected float"),
         ({"class_names": ["a", "a"]}, "duplicates"),
+        ({"precision": "fp16"}, "precision=.fp16."),
+        ({"time_budget_s": -1}, "time_budget_s=-1"),
     ],
 )
 def test_bad_values_are_rejected_with_the_field_name(override, message):

@@ -41,3 +41,18 @@ def test_serializes_round_trip():
 def test_rejects_warmup_longer_than_training():
     with pytest.raises(ValueError, match="warmup_steps"):
         WarmupCosine(0.1, total_steps=10, warmup_steps=11)
+
+
+def test_set_length_moves_the_end_of_the_cosine():
+    """A time budget fixes the length after the measuring steps: the rate must then reach
+    ~0 exactly at the new last step, and warmup values before it are unchanged."""
+    schedule = WarmupCosine(0.1, total_steps=500, warmup_steps=100)
+    before = [float(schedule(s)) for s in range(0, 100, 10)]
+    schedule.set_length(total_steps=1234, warmup_steps=100)
+    assert [float(schedule(s)) for s in range(0, 100, 10)] == before
+    assert float(schedule(1234)) == pytest.approx(0.0, abs=1e-7)
+    assert float(schedule(1233)) > 0.0
+    assert float(schedule(667)) == pytest.approx(0.05, abs=1e-6)  # half way down
+    assert schedule.get_config()["total_steps"] == 1234
+    with pytest.raises(ValueError, match="warmup_steps"):
+        schedule.set_length(total_steps=50, warmup_steps=100)

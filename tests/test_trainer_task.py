@@ -15,6 +15,7 @@ from tests.trainer_fixture import CLASS_NAMES, make_example, write_split
 from trainer import export
 from trainer.config import TrainConfig
 from trainer.decode import BOXES, CLASSES, NUM_DETECTIONS, SCORES
+from trainer.hardware import cpu_flags, resolve_precision
 from trainer.task import run_fn
 
 INPUT_SIZE = 64
@@ -95,4 +96,9 @@ def test_hparams_and_labels_are_saved_with_the_model(trained):
         assert json.load(f) == CLASS_NAMES
     losses = {k: hparams.pop(k) for k in ("final_train_loss", "final_eval_loss")}
     assert all(np.isfinite(v) for v in losses.values())
+    # What the run took: 24 examples / 8 = 3 steps, too few to time (steps 5-25).
+    took = {k: hparams.pop(k) for k in ("train_steps", "step_seconds", "train_seconds",
+                                        "compute_precision")}
+    assert took["train_steps"] == 3 and took["step_seconds"] == 0 and took["train_seconds"] > 0
+    assert took["compute_precision"] == resolve_precision("auto", cpu_flags())
     assert TrainConfig.from_dict(hparams).input_size == INPUT_SIZE

@@ -15,6 +15,7 @@ from typing import Any
 
 MODEL_SIZES = ("small", "medium")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,14 @@ class TrainConfig:
     # max(1, sqrt(t / f_c)) times per pass for its rarest class c, f_c being the share of
     # training images containing c. 0 turns it off; e.g. 0.3 repeats classes in < 30 %.
     repeat_factor_threshold: float = 0.0
+    # Seconds the whole Trainer may take (training, validation, export); 0 turns it off
+    # and trains ``epochs`` epochs. When set, ``epochs`` is ignored: the Trainer times its
+    # steps 5-25 and fixes the number of steps (and the LR schedule's length) that fits.
+    time_budget_s: float = 0.0
+    # Compute precision: "auto" is Keras mixed_bfloat16 where the CPU does bf16 natively
+    # (AMX or AVX-512 BF16), float32 elsewhere; weights, heads, losses and export stay
+    # float32 either way.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON; a tuple keeps the config hashable and immutable.
@@ -47,6 +56,10 @@ class TrainConfig:
             problems.append(f"class_names has duplicates: {list(self.class_names)}")
         if self.model_size not in MODEL_SIZES:
             problems.append(f"model_size={self.model_size!r}; use one of {MODEL_SIZES}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r}; use one of {PRECISIONS}")
+        if self.time_budget_s < 0:
+            problems.append(f"time_budget_s={self.time_budget_s}; use 0 (off) or seconds > 0")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
         # The detector downsamples by 32 before upsampling back to stride 4.

@@ -21,8 +21,8 @@ from trainer.train import is_chief, train
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Trains the detector described by ``fn_args.custom_config`` and exports it.
 
-    The budget is ``custom_config["epochs"]``; ``fn_args.train_steps``/``eval_steps`` are
-    honoured only when set to a positive number.
+    The budget is ``custom_config["epochs"]``, or ``time_budget_s`` seconds when set;
+    ``fn_args.train_steps``/``eval_steps`` are honoured only when set to a positive number.
     """
     # --- config ----------------------------------------------------------------------
     config = TrainConfig.from_dict(dict(fn_args.custom_config or {}))
@@ -32,8 +32,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                    train_steps=fn_args.train_steps, eval_steps=fn_args.eval_steps)
 
     # --- export (non-chief workers take part in the save but write to a scratch dir) ----
-    hparams = {**config.to_dict(), "final_train_loss": result.final_train_loss,
-               "final_eval_loss": result.final_eval_loss}
+    hparams = {**config.to_dict(), **result.records()}
     export_dir = fn_args.serving_model_dir if is_chief() else tempfile.mkdtemp()
     export_saved_model(result.detector, export_dir, config.input_size, config.max_detections,
                        hparams, list(config.class_names))

@@ -7,16 +7,20 @@ model with no training-only parts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import time
+from collections.abc import Iterator
 
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
 from trainer.config import TrainConfig
+from trainer.hardware import cpu_flags, resolve_precision
 from trainer.input import count_examples, make_dataset
 from trainer.losses import detection_loss
 from trainer.model import build_model
@@ -30,15 +34,41 @@ NUM_VALIDATIONS = 3  # evaluate at most 3 times per run (always after the last e
 # BackupAndRestore saves every this many steps so a killed run resumes mid-epoch: ~25 s of
 # default training per save, and a save costs ~0.2 s.
 BACKUP_EVERY_STEPS = 50
+# --- time budget (train.time_budget_s) ---------------------------------------------------
+# Global steps timed: after tracing (step 1) and the thread pools' warm-up. They run in the
+# first epoch, whose steps also decode the images into the cache, so the estimate errs long.
+MEASURE_STEPS = (5, 25)
+# Left for what follows the last step: the final validation's tail, export (~10 s for
+# `small`) and the executor's bookkeeping.
+EXPORT_RESERVE_S = 30.0
+# Share of the remaining time not planned for steps: epoch checkpoints, backups every
+# BACKUP_EVERY_STEPS, and step-time noise on a shared CPU.
+BUDGET_MARGIN = 0.05
+# A validation batch (forward only) costs about this share of a training step.
+EVAL_STEP_FRACTION = 1 / 3
+# fit's epoch count when the budget decides: the StepBudget callback stops training first.
+UNBOUNDED_EPOCHS = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """The trained detector and its final losses (recorded in ``hparams.json``)."""
 
-    detector: keras.Model
+    detector: keras.Model  # always float32, whatever precision it was trained in
     final_train_loss: float
     final_eval_loss: float
+    steps: int  # optimizer steps taken
+    step_seconds: float  # mean wall time of steps MEASURE_STEPS (0 if training was shorter)
+    train_seconds: float
+    precision: str  # float32 or bfloat16: what "auto" resolved to
+
+    def records(self) -> dict[str, float | int | str]:
+        """What ``hparams.json`` (and so the Model artifact in MLMD) records of the run."""
+        return {"final_train_loss": self.final_train_loss,
+                "final_eval_loss": self.final_eval_loss, "train_steps": self.steps,
+                "step_seconds": round(self.step_seconds, 4),
+                "train_seconds": round(self.train_seconds, 1),
+                "compute_precision": self.precision}
 
 
 class CenterNetTrainer(keras.Model):
@@ -97,24 +127,115 @@ class RaiseOnNaN(keras.callbacks.Callback):
             )
 
 
+@dataclasses.dataclass
+class Plan:
+    """How long training runs: fixed up front, or by ``StepBudget`` after its measuring
+    steps. ``validation_epochs`` is the very list ``fit`` got as ``validation_freq`` (Keras
+    reads it at each epoch end), so a plan fixed mid-run moves the validations with it."""
+
+    steps_per_epoch: int
+    total_steps: int | None  # None until a time budget has been measured
+    validation_epochs: list[int]
+
+    @property
+    def epochs(self) -> int | None:
+        return None if self.total_steps is None else math.ceil(
+            self.total_steps / self.steps_per_epoch)
+
+    def fix(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.validation_epochs[:] = validation_epochs(self.epochs)
+
+
+def validation_epochs(epochs: int) -> list[int]:
+    """<= NUM_VALIDATIONS evenly spaced 1-based epochs, always including the last."""
+    every = math.ceil(epochs / NUM_VALIDATIONS)
+    return sorted({*range(every, epochs + 1, every), epochs})
+
+
+def budget_steps(step: int, step_seconds: float, seconds_left: float, eval_batches: int
+                 ) -> int:
+    """Total optimizer steps that fit: the ``step`` already taken plus as many more as the
+    time left allows, after NUM_VALIDATIONS validations and a BUDGET_MARGIN.
+
+    Args:
+      step_seconds: measured wall time per training step.
+      seconds_left: until the deadline (export already reserved).
+      eval_batches: batches per validation pass.
+    """
+    eval_seconds = NUM_VALIDATIONS * eval_batches * step_seconds * EVAL_STEP_FRACTION
+    more = (seconds_left - eval_seconds) * (1 - BUDGET_MARGIN) / step_seconds
+    return step + max(0, math.floor(more))
+
+
+class StepBudget(keras.callbacks.Callback):
+    """Times global steps MEASURE_STEPS; with a deadline, then fixes the run's length.
+
+    Once the step time is known it sets the plan's total steps (``budget_steps``), the LR
+    schedule's length (so the cosine ends at ~0 on the last step rather than being cut)
+    and ``planned_steps``, a variable in the backups so a resumed run keeps its plan; it
+    stops ``fit`` at that step.
+    """
+
+    def __init__(self, plan: Plan, schedule: WarmupCosine, planned_steps: tf.Variable,
+                 deadline: float | None, eval_batches: int):
+        super().__init__()
+        self._plan, self._schedule, self._planned = plan, schedule, planned_steps
+        self._deadline, self._eval_batches = deadline, eval_batches
+        self._started: float | None = None
+        self.step_seconds = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        restored = int(self._planned.numpy())  # BackupAndRestore ran before this callback
+        if self._deadline is not None and restored:
+            self._plan.fix(restored)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = int(self.model.optimizer.iterations.numpy())
+        if step == MEASURE_STEPS[0]:
+            self._started = time.perf_counter()
+        elif step == MEASURE_STEPS[1] and self._started is not None:
+            self.step_seconds = (time.perf_counter() - self._started) / (
+                MEASURE_STEPS[1] - MEASURE_STEPS[0])
+            if self._deadline is not None and self._plan.total_steps is None:
+                self._fix(step)
+        if self._plan.total_steps is not None and step >= self._plan.total_steps:
+            self.model.stop_training = True
+
+    def _fix(self, step: int) -> None:
+        total = budget_steps(step, self.step_seconds, self._deadline - time.perf_counter(),
+                             self._eval_batches)
+        warmup = min(self._schedule.warmup_steps, total)
+        self._schedule.set_length(total, warmup)
+        self._planned.assign(total)
+        self._plan.fix(total)
+        logging.info("Time budget: %.3f s per step, %d steps fit (%d epochs of %d), warmup %d",
+                     self.step_seconds, total, self._plan.epochs, self._plan.steps_per_epoch,
+                     warmup)
+
+
 class EpochLog(keras.callbacks.Callback):
     """One log line per epoch with its losses; ``sightline run`` shows it on the console."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, plan: Plan):
         super().__init__()
-        self._epochs = epochs
+        self._plan = plan
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
                            if k.endswith("loss"))
-        logging.info("Epoch %d/%d: %s", epoch + 1, self._epochs, losses)
+        logging.info("Epoch %d/%s: %s", epoch + 1, self._plan.epochs or "?", losses)
 
 
 def make_optimizer(peak_learning_rate: float, weight_decay: float, total_steps: int,
                    warmup_steps: int) -> keras.optimizers.Optimizer:
     """AdamW on a warmup + cosine schedule, clipped, with no decay on BN and biases."""
+    return _adamw(WarmupCosine(peak_learning_rate, total_steps, warmup_steps), weight_decay)
+
+
+def _adamw(schedule: WarmupCosine, weight_decay: float) -> keras.optimizers.Optimizer:
     optimizer = keras.optimizers.AdamW(
-        learning_rate=WarmupCosine(peak_learning_rate, total_steps, warmup_steps),
+        learning_rate=schedule,
         weight_decay=weight_decay,
         global_clipnorm=GLOBAL_CLIPNORM,
     )
@@ -157,66 +278,113 @@ def plan_steps(config: TrainConfig, num_train: int, train_steps: int | None = No
         raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} training "
                          "examples; lower batch_size")
     total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    if config.time_budget_s:
+        logging.info("Training on %d examples in steps of %d for %.0f s", num_train,
+                     config.batch_size, config.time_budget_s)
+        # The measuring steps must fall in warmup: the cosine's length is not known yet.
+        return steps_per_epoch, max(warmup_steps, MEASURE_STEPS[1])
     logging.info("Training on %d examples: %d epochs x %d steps of %d", num_train,
                  config.epochs, steps_per_epoch, config.batch_size)
-    return steps_per_epoch, min(round(config.warmup_epochs * steps_per_epoch), total_steps)
+    return steps_per_epoch, min(warmup_steps, total_steps)
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[None]:
+    """Builds models inside under Keras ``mixed_bfloat16`` (bf16 compute, float32 weights;
+    the detector's outputs and so the losses stay float32) or ``float32``; float32 after."""
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _float32_copy(detector: keras.Model, config: TrainConfig) -> keras.Model:
+    """The detector rebuilt under the float32 policy with the trained weights (which
+    mixed precision keeps in float32): export, QAT and TFLite take float32 models."""
+    copy = build_model(config.model_size, config.input_size, config.num_classes)
+    copy.set_weights(detector.get_weights())
+    return copy
 
 
 def train(config: TrainConfig, train_files: list[str], eval_files: list[str], run_dir: str,
           train_steps: int | None = None, eval_steps: int | None = None) -> TrainResult:
-    """Trains a detector for ``config.epochs`` epochs (or ``train_steps`` total if set).
+    """Trains a detector for ``config.epochs`` epochs (or ``train_steps`` total if set), or
+    for as many steps as ``config.time_budget_s`` allows.
 
     Args:
       train_files, eval_files: GZIP TFRecord glob patterns (TFX split URIs).
       run_dir: TensorBoard logs, per-epoch checkpoints and the BackupAndRestore state,
         so a killed run resumes from its last backup (every BACKUP_EVERY_STEPS steps).
     Returns:
-      The trained detector and the final train/eval losses.
+      The trained detector (float32), the final train/eval losses, what the run took.
     """
+    started = time.perf_counter()
     # --- determinism: same seed, same data order, same weights --------------------
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     # Before any op runs: MultiWorkerMirroredStrategy configures collectives at startup.
     strategy = make_strategy(config.strategy)
+    precision = resolve_precision(config.precision, cpu_flags())
 
     # --- data -----------------------------------------------------------------------
     steps_per_epoch, warmup_steps = plan_steps(config, count_examples(train_files), train_steps)
-    total_steps = steps_per_epoch * config.epochs
+    deadline = eval_batches = None
+    if config.time_budget_s:
+        deadline = started + config.time_budget_s - EXPORT_RESERVE_S
+        eval_batches = eval_steps or math.ceil(count_examples(eval_files) / config.batch_size)
+        plan = Plan(steps_per_epoch, None, [])
+    else:
+        total = steps_per_epoch * config.epochs
+        plan = Plan(steps_per_epoch, total, validation_epochs(config.epochs))
 
-    # --- model and optimizer, built under the strategy ----------------------------------
-    with strategy.scope():
-        detector = build_model(config.model_size, config.input_size, config.num_classes)
-        trainer = CenterNetTrainer(detector)
-        trainer.compile(optimizer=make_optimizer(
-            config.learning_rate, config.weight_decay, total_steps, warmup_steps))
+    # --- model and optimizer, built under the strategy and the precision policy ---------
+    with precision_policy(precision):
+        with strategy.scope():
+            detector = build_model(config.model_size, config.input_size, config.num_classes)
+            trainer = CenterNetTrainer(detector)
+            # Without a plan yet (a budget), the provisional length is all warmup.
+            schedule = WarmupCosine(config.learning_rate, plan.total_steps or warmup_steps,
+                                    warmup_steps)
+            optimizer = _adamw(schedule, config.weight_decay)
+            trainer.compile(optimizer=optimizer)
+            # Tracked by the backups: a resumed budgeted run keeps its plan and schedule.
+            trainer.planned_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+            trainer.schedule_length = list(schedule.length_variables)
+        budget = StepBudget(plan, schedule, trainer.planned_steps, deadline, eval_batches or 0)
 
-    # --- callbacks: resume, checkpoints, TensorBoard, loud NaN, progress --------------
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
-                                         save_freq=BACKUP_EVERY_STEPS),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True
-        ),
-        keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
-        RaiseOnNaN(),
-        EpochLog(config.epochs),
-    ]
+        # --- callbacks: resume, checkpoints, TensorBoard, loud NaN, budget, progress ------
+        callbacks = [
+            keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
+                                             save_freq=BACKUP_EVERY_STEPS),
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(run_dir, "checkpoints", "epoch-{epoch:03d}"),
+                save_weights_only=True),
+            keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
+            RaiseOnNaN(),
+            budget,
+            EpochLog(plan),
+        ]
 
-    # --- fit; validate <= NUM_VALIDATIONS times, always after the last epoch ----------
-    every = math.ceil(config.epochs / NUM_VALIDATIONS)
-    validation_epochs = sorted({*range(every, config.epochs + 1, every), config.epochs})
-    history = trainer.fit(
-        make_dataset(train_files, config, training=True),
-        epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=make_dataset(eval_files, config, training=False),
-        validation_steps=eval_steps or None,
-        validation_freq=validation_epochs,
-        callbacks=callbacks,
-        verbose=2,
-    )
+        # --- fit; validate <= NUM_VALIDATIONS times, always after the last epoch ----------
+        history = trainer.fit(
+            make_dataset(train_files, config, training=True),
+            epochs=plan.epochs or UNBOUNDED_EPOCHS,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=make_dataset(eval_files, config, training=False),
+            validation_steps=eval_steps or None,
+            validation_freq=plan.validation_epochs,
+            callbacks=callbacks,
+            verbose=2,
+        )
     return TrainResult(
-        detector=detector,
+        detector=detector if precision == "float32" else _float32_copy(detector, config),
         final_train_loss=float(history.history["loss"][-1]),
         final_eval_loss=float(history.history["val_loss"][-1]),
+        steps=int(optimizer.iterations.numpy()),
+        step_seconds=budget.step_seconds,
+        train_seconds=time.perf_counter() - started,
+        precision=precision,
     )
