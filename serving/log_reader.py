@@ -142,7 +142,7 @@ def _images(inputs: dict[str, np.ndarray], fields: dict[str, np.ndarray],
                          if v.dtype == object), ("", np.array([], dtype=object)))
     digests = fields.get(f"{name}:sha256", np.array([], dtype=object)).ravel()
     sizes = fields.get(f"{name}:bytes", np.array([], dtype=np.int64)).ravel()
-    detections = _detections(outputs)
+    detections = served_detections(outputs)
     images = []
     for i, found in enumerate(detections):
         value = values[i] if i < len(values) else b""
@@ -167,7 +167,8 @@ def _unpack(serialized: bytes) -> tuple[bytes | None, dict[str, str]]:
     return encoded, meta
 
 
-def _detections(outputs: dict[str, np.ndarray]) -> list[Detections]:
+def served_detections(outputs: dict[str, np.ndarray]) -> list[Detections]:
+    """Per image of a batch, the detection outputs as Detections (rows past the count dropped)."""
     if fs.DETECTION_SCORES not in outputs:
         return []
     scores = np.asarray(outputs[fs.DETECTION_SCORES], np.float64)
