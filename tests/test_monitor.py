@@ -62,6 +62,9 @@ def test_monitor_schema_keeps_serving_features_with_the_settings_thresholds():
     assert names[fs.STATS_BRIGHTNESS].skew_comparator.jensen_shannon_divergence.threshold == \
         SETTINGS.js_threshold
     assert names[CAMERA].presence.min_fraction == 0.0
+    without_lighting = checks.monitor_schema(tfdv.load_schema_text(DEFAULT_SCHEMA_PATH),
+                                             SETTINGS, [CAMERA, fs.STATS_BRIGHTNESS])
+    assert {f.name for f in without_lighting.feature} == {fs.STATS_BRIGHTNESS, CAMERA}
 
 
 def stats_of(rows):
@@ -103,6 +106,16 @@ def test_images_without_logged_bytes_count_for_meta_only():
     assert len(values[fs.STATS_BRIGHTNESS]) == 6 and len(values[CAMERA]) == 10
     stats = checks.statistics(values, len(rows), schema())
     assert stats.datasets[0].num_examples == 10
+
+
+def test_thresholds_are_raised_to_the_chance_level_of_small_samples():
+    floor = checks.noise_floor(54, 71)
+    assert floor["PSI"] == pytest.approx(27.88 * (1 / 54 + 1 / 71))
+    assert floor["JS"] == pytest.approx(floor["PSI"] / (8 * np.log(2)))
+    found = checks.FeatureDrift("f", {"PSI": 0.4, "JS": 0.05}, {"PSI": 0.25, "JS": 0.1}, [])
+    assert checks.judged(found, 54, 71).drifted == []  # 0.4 is chance at these sizes
+    assert checks.judged(found, 3000, 3000).drifted == ["PSI"]  # the setting rules
+    assert checks.judged(found, 3000, 3000).thresholds == {"PSI": 0.25, "JS": 0.1}
 
 
 def test_predictions_apply_each_class_threshold():

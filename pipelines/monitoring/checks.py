@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -47,13 +47,16 @@ CLASS_MIX = "predictions/class"
 EMPTY_SHARE = "predictions/empty_share"
 
 
-def monitor_schema(schema: schema_pb2.Schema, settings: MonitorSettings) -> schema_pb2.Schema:
+def monitor_schema(schema: schema_pb2.Schema, settings: MonitorSettings,
+                   present: Collection[str] | None = None) -> schema_pb2.Schema:
     """The model's schema narrowed to what the monitor computes, with its thresholds.
 
     Meta fields may be absent from a request (a client that sends no camera), so their
-    presence is not required.
+    presence is not required, and a field no request carried (``present``: the features
+    the window has values of) is left out instead of reported as a missing column.
     """
-    keep = set(NUMERIC_FEATURES) | set(fs.META_KEYS)
+    keep = (set(NUMERIC_FEATURES) | set(fs.META_KEYS)) & set(
+        present if present is not None else (*NUMERIC_FEATURES, *fs.META_KEYS))
     narrowed = schema_pb2.Schema()
     narrowed.CopyFrom(schema)
     del narrowed.feature[:]
@@ -120,8 +123,40 @@ def skew(training: statistics_pb2.DatasetFeatureStatisticsList,
     """Training/serving skew per feature: TFDV's skew comparators, plus PSI."""
     anomalies = tfdv.validate_statistics(training, schema, environment=SERVING,
                                          serving_statistics=serving)
-    return drift.verdicts(anomalies, schema, "skew_comparator", settings.psi_threshold,
-                          serving_values, training_values)
+    return judged_all(drift.verdicts(anomalies, schema, "skew_comparator",
+                                     settings.psi_threshold, serving_values, training_values),
+                      serving_values, training_values)
+
+
+# Chance level of each distance between two samples of one distribution, at the 99.9th
+# percentile: two-sample PSI on 10 bins ~ chi2(9) x (1/n + 1/m) (27.88 is chi2(9)'s 99.9th
+# percentile); JS (bits) ~ PSI / (8 ln 2) for small differences; a share's L∞ ~ 3.29
+# standard errors at p = 0.5. A threshold below chance would alarm on noise alone (a
+# 54-image slice against 71 training images: PSI 0.71), so thresholds are raised to it.
+_CHI2_9_999, _Z_9995 = 27.88, 3.29
+
+
+def noise_floor(n: int, m: int) -> dict[str, float]:
+    """The smallest thresholds samples of ``n`` and ``m`` values can be judged by."""
+    if not n or not m:
+        return {}
+    psi = _CHI2_9_999 * (1 / n + 1 / m)
+    return {"PSI": psi, "JS": psi / (8 * np.log(2)),
+            "L_inf": _Z_9995 * 0.5 * np.sqrt(1 / n + 1 / m)}
+
+
+def judged(found: FeatureDrift, n: int, m: int) -> FeatureDrift:
+    """``found`` with each threshold raised to the noise floor of ``n`` vs ``m`` values."""
+    floor = noise_floor(n, m)
+    thresholds = {k: float(max(t, floor.get(k, 0.0))) for k, t in found.thresholds.items()}
+    return _verdict(found.feature, found.measurements, thresholds)
+
+
+def judged_all(found: Sequence[FeatureDrift], current: Mapping[str, np.ndarray],
+               baseline: Mapping[str, np.ndarray]) -> list[FeatureDrift]:
+    """``judged`` per feature, with each feature's sample sizes."""
+    return [judged(f, len(current.get(f.feature, ())), len(baseline.get(f.feature, ())))
+            for f in found]
 
 
 def _verdict(name: str, values: dict[str, float], thresholds: dict[str, float]
@@ -174,22 +209,27 @@ def compare_predictions(current: Predictions, reference: Predictions,
                         settings: MonitorSettings) -> list[FeatureDrift]:
     """Each prediction summary's distance to the reference, with its threshold."""
     psi = settings.prediction_psi_threshold
-    results = [_verdict(DETECTIONS_PER_IMAGE,
-                        {"PSI": drift.numeric_psi(reference.per_image, current.per_image)},
-                        {"PSI": psi}),
-               _verdict(EMPTY_SHARE, {"abs_change": abs(current.empty_share
-                                                        - reference.empty_share)},
-                        {"abs_change": settings.empty_share_tolerance})]
+    images = len(current.per_image), len(reference.per_image)
+    results = [judged(_verdict(DETECTIONS_PER_IMAGE, {
+        "PSI": drift.numeric_psi(reference.per_image, current.per_image)}, {"PSI": psi}),
+        *images)]
+    # A share's change is judged like L∞: its tolerance raised to chance.
+    floor = noise_floor(*images).get("L_inf", 0.0)
+    results.append(_verdict(EMPTY_SHARE, {"abs_change": abs(current.empty_share
+                                                            - reference.empty_share)},
+                            {"abs_change": max(settings.empty_share_tolerance, floor)}))
     if len(current.scores) and len(reference.scores):
-        results.append(_verdict(
+        results.append(judged(_verdict(
             SCORES, {"JS": drift.jensen_shannon(reference.scores, current.scores),
                      "PSI": drift.numeric_psi(reference.scores, current.scores)},
-            {"JS": settings.prediction_js_threshold, "PSI": psi}))
+            {"JS": settings.prediction_js_threshold, "PSI": psi}),
+            len(current.scores), len(reference.scores)))
     if len(current.classes) and len(reference.classes):
-        results.append(_verdict(
+        results.append(judged(_verdict(
             CLASS_MIX, {"L_inf": _linf(reference.classes, current.classes),
                         "PSI": drift.categorical_psi(reference.classes, current.classes)},
-            {"L_inf": settings.class_mix_linf_threshold, "PSI": psi}))
+            {"L_inf": settings.class_mix_linf_threshold, "PSI": psi}),
+            len(current.classes), len(reference.classes)))
     return results
 
 
@@ -239,10 +279,11 @@ def slices(current: Sequence[ServedImage], training: Sequence[ServedImage],
             findings = []
             if trained:
                 cur, base = feature_values(mine), feature_values(trained)
-                findings = [_verdict(feature, {
+                findings = [judged(_verdict(feature, {
                     "JS": drift.jensen_shannon(base[feature], cur[feature]),
                     "PSI": drift.numeric_psi(base[feature], cur[feature])},
-                    {"JS": settings.js_threshold, "PSI": settings.psi_threshold})
+                    {"JS": settings.js_threshold, "PSI": settings.psi_threshold}),
+                    len(cur[feature]), len(base[feature]))
                     for feature in SLICE_NUMERIC if len(cur[feature]) and len(base[feature])]
             evaluated = [i for i in reference if i.meta.get(field) == value]
             if len(evaluated) >= settings.min_slice_images:

@@ -92,13 +92,14 @@ def run(store: metadata_store.MetadataStore, request: Request, settings: Monitor
     progress(f"{len(seen.current)} images of {seen.model} version {seen.version} in the "
              f"window, {len(seen.previous)} in the previous one")
     base = baselines.find(store, seen.model, str(seen.version))
-    schema = checks.monitor_schema(tfdv.load_schema_text(base.schema_path), settings)
     training_stats = tfdv.load_stats_binary(base.training_statistics_path)
     progress("reading the training split and running the model on its eval split")
     training = _training_images(base)
     reference = reference_predictions(base)
     enough = len(seen.current) >= settings.min_window_images
     current_values = checks.feature_values(seen.current)
+    schema = checks.monitor_schema(tfdv.load_schema_text(base.schema_path), settings,
+                                   [k for k, v in current_values.items() if len(v)])
     serving_stats = checks.statistics(current_values, len(seen.current), schema)
     logged_images = sum(i.stats is not None for i in seen.current)
     report: dict[str, Any] = {
@@ -122,9 +123,9 @@ def run(store: metadata_store.MetadataStore, request: Request, settings: Monitor
         previous_values = checks.feature_values(seen.previous)
         if any(i.stats is not None for i in seen.previous) and logged_images:
             previous_stats = checks.statistics(previous_values, len(seen.previous), schema)
-            report["drift"] = [f.to_dict() for f in drift.compare(
+            report["drift"] = [f.to_dict() for f in checks.judged_all(drift.compare(
                 serving_stats, previous_stats, schema, settings.psi_threshold,
-                current_values, previous_values)]
+                current_values, previous_values), current_values, previous_values)]
     summarize = lambda images: checks.predictions(  # noqa: E731
         [i.detections for i in images], base.class_names, base.thresholds)
     current_predictions = summarize(seen.current)
