@@ -162,7 +162,7 @@ def report(**changes) -> dict:
                    "images_with_bytes": 200, "previous_images": 0, "older_images": 0,
                    "enough_images": True},
         "logs": {"files": 1, "records": 25, "unreadable": [], "answers_seen": {}},
-        "settings": {"min_window_images": 100},
+        "settings": {"min_window_images": 100, "min_slice_images": 100},
         "skew": [{"feature": CAMERA, "measurements": {"L_inf": 0.4, "PSI": 2.0},
                   "thresholds": {"L_inf": 0.15, "PSI": 0.25}, "drifted": ["L_inf", "PSI"]}],
         "schema_anomalies": {CAMERA: "Unexpected string values: <b>cam-d</b>"},

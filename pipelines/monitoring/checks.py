@@ -265,7 +265,8 @@ def slices(current: Sequence[ServedImage], training: Sequence[ServedImage],
 
     A value absent from training is a finding by itself; otherwise brightness and
     contrast are compared with the training images of that value, and the predictions
-    with the evaluation-time predictions of that value where it has enough images.
+    with the evaluation-time predictions of that value, each where that side has
+    ``min_slice_images`` images too.
     """
     checks = []
     for key in fs.META_KEYS:
@@ -277,7 +278,7 @@ def slices(current: Sequence[ServedImage], training: Sequence[ServedImage],
             mine = [i for i in current if i.meta.get(field) == value]
             trained = [i for i in training if i.meta.get(field) == value]
             findings = []
-            if trained:
+            if len(trained) >= settings.min_slice_images:
                 cur, base = feature_values(mine), feature_values(trained)
                 findings = [judged(_verdict(feature, {
                     "JS": drift.jensen_shannon(base[feature], cur[feature]),

@@ -199,7 +199,7 @@ def alarms(report: dict[str, Any], settings: MonitorSettings) -> list[str]:
         for f in features:
             for m in f["drifted"]:
                 found.append(f"{kind}{where}: {f['feature']} {m} "
-                             f"{f['measurements'][m]:.3f} > {f['thresholds'][m]}")
+                             f"{f['measurements'][m]:.3f} > {f['thresholds'][m]:.3g}")
 
     window = report["window"]
     if window["enough_images"]:

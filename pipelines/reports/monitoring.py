@@ -16,6 +16,8 @@ from pipelines.reports.html import write as write_files
 
 _NO_BYTES = ("No image bytes in the logs: serve with --request_log_include_images to monitor "
              "inputs.")
+_NOT_JUDGED = ("Not judged: fewer than {} images of this value in training (or no image "
+               "bytes logged).")
 _SUMMARY_COLUMNS = ["source", "images", "empty_share", "mean_detections_per_image", "mean_score"]
 
 
@@ -124,7 +126,8 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h3>{html.escape(s['slice'])} · {s['images']} images "
         f"({s['training_images']} in training)</h3>"
         + ("<p class=bad>A value the training data never had.</p>" if s["new_in_serving"]
-           else _feature_table(s["features"], "nothing to compare"))
+           else _feature_table(s["features"], _NOT_JUDGED.format(
+               report["settings"]["min_slice_images"])))
         for s in report["slices"]) or "<p>No slice has enough images in the window.</p>"
     labels = report.get("labels")
     if labels:
