@@ -9,11 +9,9 @@ header, the two ways a client can say which camera took a frame.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
-import tempfile
 import urllib.request
 
 from data import feature_spec as fs
@@ -22,13 +20,18 @@ from tests import serving_fixture as sf
 BATCH = 8
 
 
-@functools.cache
-def dataset(scenario: str, seed: int, num_images: int) -> str:
-    """A generated COCO dataset (cached per process): its annotations.json path."""
+def dataset(root: str | os.PathLike, scenario: str, seed: int, num_images: int) -> str:
+    """A generated COCO dataset under ``root`` (made once per root): its annotations.json.
+
+    Image ids start past the training data's (``1 + seed * 100_000``), so traffic images
+    are new images of the same world.
+    """
     from data import synth
 
-    root = pathlib.Path(tempfile.mkdtemp(prefix=f"monitor-{scenario}-{seed}-"))
-    return str(synth.generate(root, num_images, seed=seed, scenario=scenario,
+    folder = pathlib.Path(root, f"{scenario}-{seed}-{num_images}")
+    if (folder / "annotations.json").exists():
+        return str(folder / "annotations.json")
+    return str(synth.generate(folder, num_images, seed=seed, scenario=scenario,
                               first_image_id=1 + seed * 100_000))
 
 

@@ -39,6 +39,13 @@ def served(tiny_run) -> dict:
             "version": version}
 
 
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """Generated traffic datasets, made once per module: ``generated(scenario, seed)``."""
+    root = tmp_path_factory.mktemp("traffic")
+    return lambda scenario, seed: traffic.dataset(root, scenario, seed, TRAFFIC_IMAGES)
+
+
 def monitor(served: dict, logs: str, *args: str) -> tuple[int, dict, str]:
     """Runs the command; its exit code, report.json and output."""
     out = os.path.join(logs, "report")
@@ -58,8 +65,8 @@ def log(served: dict, tmp_path, *datasets: tuple[str, bool], base_path: str | No
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_default_world_traffic_raises_no_alarm(served, tmp_path, seed):
-    labels = traffic.dataset("default", seed, TRAFFIC_IMAGES)
+def test_default_world_traffic_raises_no_alarm(served, generated, tmp_path, seed):
+    labels = generated("default", seed)
     logs = log(served, tmp_path, (labels, False))
     code, report, output = monitor(served, logs, "--labels", labels)
     assert code == EXIT_OK, report["alarms"]
@@ -93,16 +100,16 @@ def assert_recorded(served: dict, report: dict, out_dir: str) -> None:
     assert execution.properties["alarm"].int_value == int(report["alarm"])
 
 
-def test_night_heavy_traffic_trips_lighting_and_brightness(served, tmp_path):
+def test_night_heavy_traffic_trips_lighting_and_brightness(served, generated, tmp_path):
     """Default traffic, then night-heavy: skew against training, and drift against the
     default window before it."""
     logs = str(tmp_path / "logs")
     traffic.serve_and_log(served["base_path"], served["model"], logs,
-                          [(traffic.dataset("default", 2, TRAFFIC_IMAGES), False)])
+                          [(generated("default", 2), False)])
     time.sleep(1.1)  # the night window starts on a new second of the logs' timestamps
     night_start = int(time.time())
     traffic.serve_and_log(served["base_path"], served["model"], logs,
-                          [(traffic.dataset("night_heavy", 1, TRAFFIC_IMAGES), False)])
+                          [(generated("night_heavy", 1), False)])
     newest = int(time.time())
     code, report, output = monitor(served, logs, "--window", f"{newest - night_start + 1}s",
                                    "--until", str(newest))
@@ -116,8 +123,8 @@ def test_night_heavy_traffic_trips_lighting_and_brightness(served, tmp_path):
     assert "ALARM" in output
 
 
-def test_new_camera_sent_as_client_id_trips_the_camera_slice(served, tmp_path):
-    logs = log(served, tmp_path, (traffic.dataset("new_camera", 1, TRAFFIC_IMAGES), True))
+def test_new_camera_sent_as_client_id_trips_the_camera_slice(served, generated, tmp_path):
+    logs = log(served, tmp_path, (generated("new_camera", 1), True))
     code, report, _ = monitor(served, logs)
     assert code == EXIT_ALARM
     new = [s for s in report["slices"] if s["new_in_serving"]]
@@ -153,11 +160,12 @@ def save_shifted(src: str, dest: str) -> None:
                                                   "serving_examples": module.examples})
 
 
-def test_shifted_scores_show_calibration_drift_once_labels_arrive(served, tmp_path):
+def test_shifted_scores_show_calibration_drift_once_labels_arrive(served, generated,
+                                                                  tmp_path):
     base_path = str(tmp_path / "shifted")
     save_shifted(os.path.join(served["base_path"], served["version"]),
                  os.path.join(base_path, served["version"]))
-    labels = traffic.dataset("default", 1, TRAFFIC_IMAGES)
+    labels = generated("default", 1)
     logs = log(served, tmp_path, (labels, False), base_path=base_path)
     code, report, _ = monitor(served, logs, "--labels", labels)
     assert code == EXIT_ALARM
