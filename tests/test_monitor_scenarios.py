@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from data import feature_spec as fs
 from pipelines.cli import main
-from pipelines.cli.monitor import EXIT_ALARM, EXIT_OK
+from pipelines.cli.monitor import EXIT_ALARM, EXIT_INPUT, EXIT_OK
 from tests import monitor_traffic as traffic
 
 pytestmark = pytest.mark.slow
@@ -133,6 +133,11 @@ def test_new_camera_sent_as_client_id_trips_the_camera_slice(served, generated, 
     assert "cam-d" in report["schema_anomalies"]["meta/camera"]
     # The image requests carried no lighting: nothing is claimed about it.
     assert not any("meta/lighting" in a for a in report["alarms"])
+    # A version the logs do not hold is an input error naming what they do hold.
+    wrong = CliRunner().invoke(main, ["monitor", "--logs", logs, "--home", served["home"],
+                                      "--model", "999"])
+    assert wrong.exit_code == EXIT_INPUT, wrong.output
+    assert f"{served['model']}/{served['version']}" in wrong.output
 
 
 def save_shifted(src: str, dest: str) -> None:

@@ -45,12 +45,9 @@ class Baseline:
     statistics: pb.Artifact  # StatisticsGen's statistics of those Examples
     evaluation: pb.Artifact | None  # the Evaluator's ModelEvaluation the Pusher read
 
-    def split_uri(self, artifact_uri: str, split: str) -> str:
-        return os.path.join(artifact_uri, f"Split-{split}")
-
     @property
     def training_statistics_path(self) -> str:
-        return os.path.join(self.split_uri(self.statistics.uri, "train"), STATISTICS_FILE)
+        return os.path.join(split_uri(self.statistics.uri, "train"), STATISTICS_FILE)
 
     def to_json(self) -> dict:
         return {"model": self.model, "version": self.version,
@@ -60,6 +57,11 @@ class Baseline:
                 "training_statistics": self.training_statistics_path,
                 "statistics_artifact_id": self.statistics.id,
                 "evaluation_artifact_id": self.evaluation.id if self.evaluation else None}
+
+
+def split_uri(artifact_uri: str, split: str) -> str:
+    """Where TFX keeps one split of an artifact (``Split-<name>``)."""
+    return os.path.join(artifact_uri, f"Split-{split}")
 
 
 def find(store: metadata_store.MetadataStore, model: str, version: str) -> Baseline:

@@ -54,7 +54,7 @@ class Request:
 def _training_images(baseline: baselines.Baseline) -> list[traffic.ServedImage]:
     """The training split's per-image statistics and meta (DriftCheck's reader)."""
     rows = []
-    for image in annotations.read_split(baseline.split_uri(baseline.examples_uri, "train")):
+    for image in annotations.read_split(baselines.split_uri(baseline.examples_uri, "train")):
         stats = {k: float(image.values[k]) for k in (fs.STATS_BRIGHTNESS, fs.STATS_CONTRAST)}
         stats.update({fs.IMAGE_HEIGHT: float(image.height), fs.IMAGE_WIDTH: float(image.width)})
         meta = {k.removeprefix(fs.META_PREFIX): image.values[k] for k in fs.META_KEYS}
@@ -64,7 +64,7 @@ def _training_images(baseline: baselines.Baseline) -> list[traffic.ServedImage]:
 
 def reference_predictions(baseline: baselines.Baseline) -> list[traffic.ServedImage]:
     """The served version's own detections on its eval split: evaluation-time predictions."""
-    files = os.path.join(baseline.split_uri(baseline.examples_uri, "eval"), "*")
+    files = os.path.join(baselines.split_uri(baseline.examples_uri, "eval"), "*")
     detect = offline.saved_model_detector(baseline.serving_dir)
     features = [offline.example_features(s) for s in offline.read_examples([files])]
     rows = []
@@ -92,64 +92,28 @@ def run(store: metadata_store.MetadataStore, request: Request, settings: Monitor
     progress(f"{len(seen.current)} images of {seen.model} version {seen.version} in the "
              f"window, {len(seen.previous)} in the previous one")
     base = baselines.find(store, seen.model, str(seen.version))
-    training_stats = tfdv.load_stats_binary(base.training_statistics_path)
     progress("reading the training split and running the model on its eval split")
     training = _training_images(base)
     reference = reference_predictions(base)
-    enough = len(seen.current) >= settings.min_window_images
-    current_values = checks.feature_values(seen.current)
-    schema = checks.monitor_schema(tfdv.load_schema_text(base.schema_path), settings,
-                                   [k for k, v in current_values.items() if len(v)])
-    serving_stats = checks.statistics(current_values, len(seen.current), schema)
     logged_images = sum(i.stats is not None for i in seen.current)
     report: dict[str, Any] = {
         "model": seen.model, "version": seen.version, "baseline": base.to_json(),
         "window": {"seconds": seen.window_seconds, "start": seen.start, "end": seen.end,
                    "images": len(seen.current), "images_with_bytes": logged_images,
                    "previous_images": len(seen.previous), "older_images": seen.older_images,
-                   "enough_images": enough},
+                   "enough_images": len(seen.current) >= settings.min_window_images},
         "logs": {"files": len(seen.files), "records": seen.records,
                  "unreadable": seen.unreadable, "answers_seen": seen.versions_seen},
         "settings": dataclasses.asdict(settings),
-        "skew": [], "schema_anomalies": {}, "drift": [], "predictions": {}, "slices": [],
+        **_input_checks(seen, base, training, settings),
+        "predictions": _prediction_checks(seen, base, reference, settings),
+        "slices": [s.to_json() for s in checks.slices(
+            seen.current, training, reference, base.class_names, base.thresholds, settings)],
         "labels": None,
     }
-    if logged_images:
-        report["skew"] = [f.to_dict() for f in checks.skew(
-            training_stats, serving_stats, schema, checks.feature_values(training),
-            current_values, settings)]
-        report["schema_anomalies"] = checks.schema_anomalies(serving_stats, schema)
-    if seen.previous:
-        previous_values = checks.feature_values(seen.previous)
-        if any(i.stats is not None for i in seen.previous) and logged_images:
-            previous_stats = checks.statistics(previous_values, len(seen.previous), schema)
-            report["drift"] = [f.to_dict() for f in checks.judged_all(drift.compare(
-                serving_stats, previous_stats, schema, settings.psi_threshold,
-                current_values, previous_values), current_values, previous_values)]
-    summarize = lambda images: checks.predictions(  # noqa: E731
-        [i.detections for i in images], base.class_names, base.thresholds)
-    current_predictions = summarize(seen.current)
-    report["predictions"] = {
-        "current": current_predictions.to_json(),
-        "evaluation": summarize(reference).to_json(),
-        "vs_evaluation": [f.to_dict() for f in checks.compare_predictions(
-            current_predictions, summarize(reference), settings)],
-        "previous": summarize(seen.previous).to_json() if seen.previous else None,
-        "vs_previous": [f.to_dict() for f in checks.compare_predictions(
-            current_predictions, summarize(seen.previous), settings)] if seen.previous else [],
-    }
-    report["slices"] = [s.to_json() for s in checks.slices(
-        seen.current, training, reference, base.class_names, base.thresholds, settings)]
     if request.labels:
         progress(f"matching the labelled images of {request.labels} to logged images")
-        sample = labels.match(request.labels, seen.current + seen.previous, base.class_names,
-                              request.images_root)
-        evaluation = (eval_results.load_metrics(base.evaluation.uri)[eval_results.CANDIDATE]
-                      if base.evaluation is not None else {})
-        report["labels"] = {"path": request.labels, "listed": sample.listed,
-                            "matched": sample.matched, "quarantined": sample.quarantined,
-                            "slices": labels.compare(sample, base.class_names, evaluation,
-                                                     settings)}
+        report["labels"] = _labelled(request, seen, base, settings)
     report["histograms"] = histograms(
         {"training": training, "window": seen.current, "previous window": seen.previous},
         {"evaluation": reference, "window": seen.current, "previous window": seen.previous},
@@ -157,6 +121,63 @@ def run(store: metadata_store.MetadataStore, request: Request, settings: Monitor
     report["alarms"] = alarms(report, settings)
     report["alarm"] = bool(report["alarms"])
     return report
+
+
+def _input_checks(seen: traffic.Traffic, base: baselines.Baseline,
+                  training: list[traffic.ServedImage], settings: MonitorSettings
+                  ) -> dict[str, Any]:
+    """Skew against training, TFDV's schema anomalies, drift against the previous window."""
+    found: dict[str, Any] = {"skew": [], "schema_anomalies": {}, "drift": []}
+    current_values = checks.feature_values(seen.current)
+    if not any(i.stats is not None for i in seen.current):
+        return found  # the server redacted the images: inputs cannot be monitored
+    schema = checks.monitor_schema(tfdv.load_schema_text(base.schema_path), settings,
+                                   [k for k, v in current_values.items() if len(v)])
+    serving_stats = checks.statistics(current_values, len(seen.current), schema)
+    found["skew"] = [f.to_dict() for f in checks.skew(
+        tfdv.load_stats_binary(base.training_statistics_path), serving_stats, schema,
+        checks.feature_values(training), current_values, settings)]
+    found["schema_anomalies"] = checks.schema_anomalies(serving_stats, schema)
+    if any(i.stats is not None for i in seen.previous):
+        previous_values = checks.feature_values(seen.previous)
+        previous_stats = checks.statistics(previous_values, len(seen.previous), schema)
+        found["drift"] = [f.to_dict() for f in checks.judged_all(drift.compare(
+            serving_stats, previous_stats, schema, settings.psi_threshold, current_values,
+            previous_values), current_values, previous_values)]
+    return found
+
+
+def _prediction_checks(seen: traffic.Traffic, base: baselines.Baseline,
+                       reference: list[traffic.ServedImage], settings: MonitorSettings
+                       ) -> dict[str, Any]:
+    """The window's predictions against evaluation time and against the previous window."""
+    def summarize(images: list[traffic.ServedImage]) -> checks.Predictions:
+        return checks.predictions([i.detections for i in images], base.class_names,
+                                  base.thresholds)
+
+    current, evaluation = summarize(seen.current), summarize(reference)
+    previous = summarize(seen.previous) if seen.previous else None
+    return {
+        "current": current.to_json(),
+        "evaluation": evaluation.to_json(),
+        "vs_evaluation": [f.to_dict() for f in checks.compare_predictions(
+            current, evaluation, settings)],
+        "previous": previous.to_json() if previous else None,
+        "vs_previous": [f.to_dict() for f in checks.compare_predictions(
+            current, previous, settings)] if previous else [],
+    }
+
+
+def _labelled(request: Request, seen: traffic.Traffic, base: baselines.Baseline,
+              settings: MonitorSettings) -> dict[str, Any]:
+    """The labelled sample's metrics per slice against the Evaluator's."""
+    sample = labels.match(request.labels, seen.current + seen.previous, base.class_names,
+                          request.images_root)
+    evaluation = (eval_results.load_metrics(base.evaluation.uri)[eval_results.CANDIDATE]
+                  if base.evaluation is not None else {})
+    return {"path": request.labels, "listed": sample.listed, "matched": sample.matched,
+            "quarantined": sample.quarantined,
+            "slices": labels.compare(sample, base.class_names, evaluation, settings)}
 
 
 HISTOGRAM_BINS = 20
@@ -174,6 +195,14 @@ def histograms(inputs: dict[str, list[traffic.ServedImage]],
         edges = np.histogram_bin_edges(values, HISTOGRAM_BINS)
         result[key] = {"edges": edges.tolist(), "counts": {
             name: np.histogram(v, edges)[0].tolist() for name, v in per_source.items()}}
+    for key in fs.META_KEYS:
+        per_source = {name: checks.feature_values(images)[key]
+                      for name, images in inputs.items() if images}
+        values = sorted({str(v) for found in per_source.values() for v in found})
+        if values:
+            result[key] = {"categories": values, "counts": {
+                name: [int(np.sum(found == v)) for v in values]
+                for name, found in per_source.items()}}
     summaries = {name: checks.predictions([i.detections for i in images], class_names,
                                           thresholds)
                  for name, images in outputs.items() if images}

@@ -26,6 +26,17 @@ def _when(seconds: int) -> str:
 
 
 def _histogram(ax: Any, spec: dict[str, Any], title: str) -> None:
+    if "categories" in spec:  # a meta field: shares side by side
+        width = 0.8 / max(len(spec["counts"]), 1)
+        for i, (name, counts) in enumerate(spec["counts"].items()):
+            total = sum(counts) or 1
+            ax.bar([k + i * width for k in range(len(counts))], [c / total for c in counts],
+                   width, label=name)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(spec["categories"]))],
+                      spec["categories"], fontsize=7, rotation=30)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        return
     edges = spec["edges"]
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
     for name, counts in spec["counts"].items():
@@ -51,9 +62,14 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     for key, names in (("inputs", inputs), ("predictions", outputs)):
         if not names:
             continue
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
-        for ax, name in zip(axes[0], names, strict=True):
+        columns = min(len(names), 3)
+        rows = -(-len(names) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows),
+                                 squeeze=False)
+        for ax, name in zip(axes.ravel(), names, strict=False):
             _histogram(ax, specs[name], name)
+        for ax in axes.ravel()[len(names):]:
+            ax.axis("off")
         fig.tight_layout()
         out[key] = png(fig)
         plt.close(fig)
@@ -78,6 +94,12 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         out["reliability"] = png(fig)
         plt.close(fig)
     return out
+
+
+def _label_status(row: dict[str, Any]) -> str:
+    if not row["enough_images"]:
+        return "too few images to judge"
+    return "no evaluation of this slice" if row["eval_mAP"] is None else "ok"
 
 
 def _feature_rows(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,7 +155,8 @@ def render_html(report: dict[str, Any]) -> str:
     if labels:
         label_rows = [{k: r[k] for k in ("slice", "images", "mAP", "eval_mAP", "D-ECE",
                                          "eval_D-ECE")}
-                      | {"problems": "; ".join(r["problems"]) or "ok"} for r in labels["slices"]]
+                      | {"problems": "; ".join(r["problems"]) or _label_status(r)}
+                      for r in labels["slices"]]
         labels_html = (f"<p>{labels['matched']} of {labels['listed']} labelled images in "
                        f"{html.escape(labels['path'])} matched logged images by SHA-256 "
                        f"({labels['quarantined']} unusable).</p>"
