@@ -174,7 +174,9 @@ def render_html(report: dict[str, Any]) -> str:
 <h1>Monitor: {html.escape(name)}</h1>
 <p>Window {_when(window['start'])} – {_when(window['end'])}: {window['images']} images
 ({window['images_with_bytes']} with image bytes logged), {window['previous_images']} in the
-previous window; {report['logs']['records']} records in {report['logs']['files']} file(s).</p>
+previous window; {report['logs']['records']} records in {report['logs']['files']} file(s).
+Images answered per model/version in both windows:
+{html.escape(', '.join(f'{k}: {v}' for k, v in report['logs']['answers_seen'].items()))}.</p>
 {verdict}
 <h2>Inputs against training (skew, SERVING environment)</h2>
 <p>Training statistics: {html.escape(baseline['training_statistics'])}</p>
