@@ -5,7 +5,8 @@
     sightline run --set train.epochs=5 --set gates.map_floor=0.3
 
 Every setting is ``<section>.<field>`` (``data``, ``gates``, ``drift``, ``train``,
-``edge``, ``beam``, and ``release`` for ``sightline models``; ``train.<hparam>`` for the
+``edge``, ``beam``, ``release`` for ``sightline models`` and ``monitor`` for ``sightline
+monitor``; ``train.<hparam>`` for the
 Trainer's ``TrainConfig``), plus the top-level ``pipeline_name``, ``enable_cache`` and
 ``metadata`` (where ML Metadata lives). Keys and values are checked when the config is
 loaded, with the closest key suggested for a typo. Paths are not
@@ -30,6 +31,7 @@ from pipelines.settings import (
     DriftSettings,
     EdgeSettings,
     GateSettings,
+    MonitorSettings,
     ReleaseSettings,
     SyntheticData,
     TrainSettings,
@@ -53,6 +55,7 @@ class RunConfig:
     edge: EdgeSettings = EdgeSettings()
     beam: BeamSettings = BeamSettings()
     release: ReleaseSettings = ReleaseSettings()  # sightline models; not the DAG's
+    monitor: MonitorSettings = MonitorSettings()  # sightline monitor; not the DAG's
     # ML Metadata: None for the home's SQLite file, or mysql://user:password@host:port/db
     # for a store a team shares (pipelines/metadata_store.py; docs/metadata.md).
     metadata: str | None = None
@@ -156,7 +159,7 @@ def _keys(cls: type, prefix: str) -> list[str]:
 
 _NESTED = {cls.__name__: cls for cls in (DataSettings, GateSettings, DriftSettings,
                                          TrainSettings, EdgeSettings, BeamSettings,
-                                         ReleaseSettings, SyntheticData)}
+                                         ReleaseSettings, MonitorSettings, SyntheticData)}
 
 
 def _set(values: dict[str, Any], key: str, raw: str) -> None:

@@ -273,6 +273,44 @@ class FeedbackSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MonitorSettings:
+    """What ``sightline monitor`` alarms on (docs/monitoring.md); not a pipeline setting.
+
+    Defaults are the span-over-span drift thresholds, which same-distribution traffic of
+    a few hundred images stays below (measured in docs/monitoring.md); below
+    ``min_window_images`` images a window's distances are shown but never alarm.
+    """
+
+    # Serving inputs vs training (skew) and window vs previous window (drift).
+    linf_threshold: float = 0.15  # categorical features (meta/camera, meta/lighting)
+    js_threshold: float = 0.1  # numeric features (brightness, contrast, width, height)
+    psi_threshold: float = 0.25
+    # Predictions vs the model's evaluation-time predictions (and the previous window).
+    prediction_js_threshold: float = 0.1  # detection scores
+    prediction_psi_threshold: float = 0.25  # detections per image, scores
+    class_mix_linf_threshold: float = 0.15
+    empty_share_tolerance: float = 0.1  # share of images with nothing above threshold
+    # Labelled sample vs the Evaluator's metrics.
+    max_map_drop: float = 0.1
+    max_dece_rise: float = 0.05
+    min_window_images: int = 100
+    # A slice is judged with this many images in the window and in training (labelled
+    # images, for the labelled sample): PSI on 50-80 images passed 0.8 by chance.
+    min_slice_images: int = 100
+    # The meta field a request's client id stands for when the request carries none.
+    client_id_field: str = "camera"
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}={getattr(self, name)}; must be > 0" for name in (
+            "linf_threshold", "js_threshold", "psi_threshold", "prediction_js_threshold",
+            "prediction_psi_threshold", "class_mix_linf_threshold", "empty_share_tolerance",
+            "max_map_drop", "max_dece_rise") if getattr(self, name) <= 0]
+        problems += [f"{name}={getattr(self, name)}; must be >= 1" for name in (
+            "min_window_images", "min_slice_images") if getattr(self, name) < 1]
+        _require(problems, "monitor")
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamSettings:
     """Beam for the data and evaluation stages: local DirectRunner, or any runner's args."""
 

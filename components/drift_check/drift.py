@@ -101,27 +101,8 @@ def compare(
     ``annotations.feature_values``), numeric for JS features, categorical for L∞ ones.
     """
     anomalies = tfdv.validate_statistics(current, schema, previous_statistics=baseline)
-    measured: dict[str, dict[str, tuple[float, float]]] = {}
-    for info in anomalies.drift_skew_info:
-        name = ".".join(info.path.step)
-        for m in info.drift_measurements:
-            label = _MEASUREMENT_NAMES.get(m.type)
-            if label:
-                measured.setdefault(name, {})[label] = (m.value, m.threshold)
-    results = []
-    for feature in schema.feature:
-        if not feature.HasField("drift_comparator"):
-            continue
-        name = feature.name
-        values = {k: v for k, (v, _) in measured.get(name, {}).items()}
-        thresholds = {k: t for k, (_, t) in measured.get(name, {}).items()}
-        base, cur = baseline_values.get(name), current_values.get(name)
-        if base is not None and cur is not None and len(base) and len(cur):
-            categorical = feature.drift_comparator.HasField("infinity_norm")
-            values["PSI"] = categorical_psi(base, cur) if categorical else numeric_psi(base, cur)
-            thresholds["PSI"] = psi_threshold
-        drifted = sorted(k for k, v in values.items() if v > thresholds[k])
-        results.append(FeatureDrift(name, values, thresholds, drifted))
+    results = verdicts(anomalies, schema, "drift_comparator", psi_threshold, current_values,
+                       baseline_values)
     # Derived features (not in tf.Examples, so not in TFDV's statistics): JS and PSI here.
     for name, js_threshold in DERIVED_NUMERIC.items():
         base, cur = baseline_values.get(name), current_values.get(name)
@@ -129,6 +110,46 @@ def compare(
             continue
         values = {"JS": jensen_shannon(base, cur), "PSI": numeric_psi(base, cur)}
         thresholds = {"JS": js_threshold, "PSI": psi_threshold}
+        drifted = sorted(k for k, v in values.items() if v > thresholds[k])
+        results.append(FeatureDrift(name, values, thresholds, drifted))
+    return results
+
+
+def verdicts(
+    anomalies: anomalies_pb2.Anomalies,
+    schema: schema_pb2.Schema,
+    comparator: str,
+    psi_threshold: float,
+    current_values: Mapping[str, np.ndarray],
+    baseline_values: Mapping[str, np.ndarray],
+) -> list[FeatureDrift]:
+    """Per feature with a ``comparator`` (``drift_comparator`` or ``skew_comparator``) in
+    ``schema``: TFDV's measured L∞ / JS from ``anomalies``, PSI from the raw values.
+
+    Shared by span-over-span drift (``compare``) and training/serving skew (monitoring),
+    so both read TFDV's measurements and compute PSI the same way.
+    """
+    measured: dict[str, dict[str, tuple[float, float]]] = {}
+    for info in anomalies.drift_skew_info:
+        name = ".".join(info.path.step)
+        found = info.drift_measurements if comparator == "drift_comparator" else (
+            info.skew_measurements)
+        for m in found:
+            label = _MEASUREMENT_NAMES.get(m.type)
+            if label:
+                measured.setdefault(name, {})[label] = (m.value, m.threshold)
+    results = []
+    for feature in schema.feature:
+        if not feature.HasField(comparator):
+            continue
+        name = feature.name
+        values = {k: v for k, (v, _) in measured.get(name, {}).items()}
+        thresholds = {k: t for k, (_, t) in measured.get(name, {}).items()}
+        base, cur = baseline_values.get(name), current_values.get(name)
+        if base is not None and cur is not None and len(base) and len(cur):
+            categorical = getattr(feature, comparator).HasField("infinity_norm")
+            values["PSI"] = categorical_psi(base, cur) if categorical else numeric_psi(base, cur)
+            thresholds["PSI"] = psi_threshold
         drifted = sorted(k for k, v in values.items() if v > thresholds[k])
         results.append(FeatureDrift(name, values, thresholds, drifted))
     return results

@@ -1,5 +1,5 @@
 """The ``sightline`` command: one entry point for runs, data, schema, lineage, compile, models,
-serve.
+monitor, serve.
 
 This is where a ``sightline`` process starts, so the process-wide environment is set here,
 before anything imports TensorFlow: tfmot (QAT) and TFMA need Keras 2 (``tf_keras``),
@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli import data, feedback, inspect, models, run
+from pipelines.cli import data, feedback, inspect, models, monitor, run
 from serving.cli import serve
 
 
@@ -43,6 +43,6 @@ def main() -> None:
 
 for command in (run.run, run.compile_cmd, run.config_cmd, inspect.runs_group, inspect.report,
                 inspect.lineage, data.data_group, data.schema_group, models.models_group,
-                serve, feedback.replay_cmd, feedback.index_cmd, feedback.similar_cmd,
-                feedback.select_cmd):
+                serve, monitor.monitor, feedback.replay_cmd, feedback.index_cmd,
+                feedback.similar_cmd, feedback.select_cmd):
     main.add_command(command)
