@@ -5,8 +5,8 @@
     sightline run --set train.epochs=5 --set gates.map_floor=0.3
 
 Every setting is ``<section>.<field>`` (``data``, ``gates``, ``drift``, ``train``,
-``edge``, ``beam``, ``release`` for ``sightline models`` and ``monitor`` for ``sightline
-monitor``; ``train.<hparam>`` for the
+``edge``, ``beam``, ``release`` for ``sightline models``, ``monitor`` for ``sightline
+monitor`` and ``feedback`` for ``sightline select/similar``; ``train.<hparam>`` for the
 Trainer's ``TrainConfig``), plus the top-level ``pipeline_name``, ``enable_cache`` and
 ``metadata`` (where ML Metadata lives). Keys and values are checked when the config is
 loaded, with the closest key suggested for a typo. Paths are not
@@ -30,6 +30,7 @@ from pipelines.settings import (
     DataSettings,
     DriftSettings,
     EdgeSettings,
+    FeedbackSettings,
     GateSettings,
     MonitorSettings,
     ReleaseSettings,
@@ -56,6 +57,7 @@ class RunConfig:
     beam: BeamSettings = BeamSettings()
     release: ReleaseSettings = ReleaseSettings()  # sightline models; not the DAG's
     monitor: MonitorSettings = MonitorSettings()  # sightline monitor; not the DAG's
+    feedback: FeedbackSettings = FeedbackSettings()  # sightline select/similar; not the DAG's
     # ML Metadata: None for the home's SQLite file, or mysql://user:password@host:port/db
     # for a store a team shares (pipelines/metadata_store.py; docs/metadata.md).
     metadata: str | None = None
@@ -159,7 +161,8 @@ def _keys(cls: type, prefix: str) -> list[str]:
 
 _NESTED = {cls.__name__: cls for cls in (DataSettings, GateSettings, DriftSettings,
                                          TrainSettings, EdgeSettings, BeamSettings,
-                                         ReleaseSettings, MonitorSettings, SyntheticData)}
+                                         ReleaseSettings, MonitorSettings, FeedbackSettings,
+                                         SyntheticData)}
 
 
 def _set(values: dict[str, Any], key: str, raw: str) -> None:

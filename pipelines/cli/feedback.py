@@ -237,7 +237,6 @@ def index_cmd(model_spec, examples, logs, index_dir, context) -> None:
     from components.coco_eval.offline import read_examples
     from pipelines.feedback import embeddings
     from pipelines.feedback import index as crop_index
-    from pipelines.settings import FeedbackSettings
     from serving import log_reader
 
     model = context.model(model_spec)
@@ -247,7 +246,7 @@ def index_cmd(model_spec, examples, logs, index_dir, context) -> None:
         examples = crop_index.training_split(context.registry.mlmd.store, model_spec)
     files = log_reader.log_files(logs) if logs else []
     read = log_reader.LogRead(files)
-    settings = FeedbackSettings()
+    settings = context.config.feedback
     out = _index_dir(context, index_dir)
     with context.quiet("index") as terminal:
         embedder = embeddings.Embedder(model.path)
@@ -294,7 +293,6 @@ def similar_cmd(image, box, k, index_dir, as_json, context) -> None:
 
     from pipelines.feedback import embeddings, models
     from pipelines.feedback import index as crop_index
-    from pipelines.settings import FeedbackSettings
 
     box = _parse_box(box)
     try:
@@ -318,7 +316,7 @@ def similar_cmd(image, box, k, index_dir, as_json, context) -> None:
         else:
             kept = [(b, s, c) for b, s, c in zip(found.boxes, found.scores, found.classes,
                                                  strict=True)
-                    if s >= model.threshold(int(c), FeedbackSettings().default_threshold)]
+                    if s >= model.threshold(int(c), context.config.feedback.default_threshold)]
             queries += [{"box": [round(float(v), 4) for v in b], "class": model.label_name(int(c)),
                          "score": round(float(s), 4)} for b, s, c in kept]
             if not queries:
@@ -370,10 +368,9 @@ def select_cmd(logs, budget, out_dir, model_spec, index_dir, as_json, context) -
 
     from pipelines.feedback import embeddings, models, select
     from pipelines.feedback import index as crop_index
-    from pipelines.settings import FeedbackSettings
     from serving import log_reader
 
-    settings = FeedbackSettings()
+    settings = context.config.feedback
     try:
         index = crop_index.CropIndex.load(_index_dir(context, index_dir))
     except (FileNotFoundError, ValueError) as e:
