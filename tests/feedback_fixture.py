@@ -33,6 +33,16 @@ def synth_examples(root: str | os.PathLike, scenario: str, num_images: int, seed
             for r in records]
 
 
+def write_examples(path: str | os.PathLike, examples: list[bytes]) -> str:
+    """One GZIP TFRecord file of serialized tf.Examples, as a split holds them."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for example in examples:
+            writer.write(example)
+    return str(path)
+
+
 def write_log(model_dir: str, batches: list[dict[str, np.ndarray]], prefix: str,
               signature: str = backends.DEFAULT_SIGNATURE, version: int = 1,
               include_images: bool = True, model_name: str = "det",

@@ -14,7 +14,13 @@ from data import feature_spec as fs
 from pipelines.cli import main
 from serving import log_reader
 from tests.fake_detector import save_fake_detector
-from tests.feedback_fixture import batches, shared_untrained, synth_examples, write_log
+from tests.feedback_fixture import (
+    batches,
+    shared_untrained,
+    synth_examples,
+    write_examples,
+    write_log,
+)
 
 RARE = "ring"  # the generator's rarest class (5 % of objects)
 BUDGET = 24
@@ -40,15 +46,11 @@ def _lighting_of(example: bytes) -> str:
 def selected(tmp_path_factory):
     """A crop index over 32 default-world training images; logs of 60 default and 36
     night_heavy images served by the GT-derived fake detector; `select --budget 24`."""
-    import tensorflow as tf
 
     root = tmp_path_factory.mktemp("select")
     model = shared_untrained()
     train = synth_examples(root, "default", 32, seed=0)
-    train_file = root / "train.tfrecord.gz"
-    with tf.io.TFRecordWriter(str(train_file), options="GZIP") as writer:
-        for record in train:
-            writer.write(record)
+    train_file = write_examples(root / "train.tfrecord.gz", train)
     traffic = (synth_examples(root, "default", DEFAULT_TRAFFIC, seed=5, first_image_id=1000)
                + synth_examples(root, "night_heavy", NIGHT_TRAFFIC, seed=6,
                                 first_image_id=2000))

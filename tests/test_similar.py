@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import tensorflow as tf
 from click.testing import CliRunner
 from tensorflow.core.example import example_pb2
 
 from data import feature_spec as fs
 from pipelines.cli import main
-from tests.feedback_fixture import shared_untrained, synth_examples
+from tests.feedback_fixture import shared_untrained, synth_examples, write_examples
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +18,7 @@ def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("similar")
     model = shared_untrained()
     examples = synth_examples(root, "default", 8, seed=1)
-    train = root / "train.tfrecord.gz"
-    with tf.io.TFRecordWriter(str(train), options="GZIP") as writer:
-        for record in examples:
-            writer.write(record)
+    train = write_examples(root / "train.tfrecord.gz", examples)
     home = root / "home"
     result = CliRunner().invoke(main, ["index", "--home", str(home), "--model", model,
                                        "--examples", str(train)])
