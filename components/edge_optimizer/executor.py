@@ -9,12 +9,13 @@ Evaluator's metric, the same slices) into the ``edge_evaluation`` artifact.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import tf_keras as keras
 from absl import logging
@@ -25,6 +26,7 @@ from tfx.utils import path_utils
 
 from components import release
 from components.coco_eval import offline, results
+from serving.edge_preprocess import preprocess_image
 from serving.tflite_runner import TFLiteDetector
 from trainer import qat, tflite
 from trainer.config import TrainConfig
@@ -43,6 +45,7 @@ EVALUATION_FILE = "edge_evaluation.json"
 SAVED_MODEL = "saved_model"  # the float SavedModel's entry in edge_evaluation.json
 # The variants' output keys, in the order the executor writes them.
 OUTPUT_KEYS = {variant: f"{variant}_model" for variant in tflite.VARIANTS}
+T = TypeVar("T")
 
 
 class Stages:
@@ -58,11 +61,22 @@ class Stages:
 
     @contextlib.contextmanager
     def time(self, name: str) -> Iterator[None]:
+        """Adds the block's seconds to stage ``name``."""
         started = time.perf_counter()
         yield
         self.seconds[name] = round(self.seconds.get(name, 0.0)
                                    + time.perf_counter() - started, 3)
-        logging.info("EdgeOptimizer stage %s: %.1f s", name, self.seconds[name])
+
+    def timed(self, name: str, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn``, adding each call's seconds to stage ``name``."""
+        def call(*args: Any, **kwargs: Any) -> T:
+            with self.time(name):
+                return fn(*args, **kwargs)
+        return call
+
+    def log(self) -> None:
+        for name, seconds in self.seconds.items():
+            logging.info("EdgeOptimizer stage %s: %.1f s", name, seconds)
 
 
 def build_variants(detector: keras.Model, config: TrainConfig, train_files: list[str],
@@ -92,18 +106,30 @@ def evaluate_variants(serving_dir: str, tflite_paths: dict[str, str], eval_files
                       class_names: Sequence[str], slice_keys: Sequence[str],
                       min_images: int, stages: Stages | None = None,
                       ) -> dict[str, dict[str, dict[str, Any]]]:
-    """{``SAVED_MODEL`` or variant: {slice: metrics}}, all on the same eval examples."""
+    """{``SAVED_MODEL`` or variant: {slice: metrics}}, all on the same eval examples.
+
+    One pass over the eval split: each batch is parsed once, and its images decoded and
+    preprocessed once for all the TFLite variants (the SavedModel decodes in its graph).
+    """
     stages = stages or Stages()
-    detectors = {SAVED_MODEL: offline.saved_model_detector(serving_dir)}
-    for variant, path in tflite_paths.items():
-        detectors[variant] = TFLiteDetector(path, num_threads=os.cpu_count() or 1).detect
-    scores = {}
-    for name, detect in detectors.items():
-        with stages.time(f"score {name}"):
-            scores[name] = offline.evaluate(detect, offline.read_examples(eval_files),
-                                            class_names, slice_keys, min_images)
-        logging.info("%s: mAP %.4f on the eval split", name,
-                     scores[name][results.OVERALL]["mAP"])
+    runners = {v: TFLiteDetector(path, num_threads=os.cpu_count() or 1)
+               for v, path in tflite_paths.items()}
+    input_sizes = {runner.input_size for runner in runners.values()}
+    if len(input_sizes) > 1:
+        raise ValueError(f"the variants take different input sizes: {input_sizes}")
+    with stages.time("score: load SavedModel"):
+        detectors = {SAVED_MODEL: stages.timed(f"score: detect {SAVED_MODEL}",
+                                               offline.saved_model_detector(serving_dir))}
+    with stages.time("score: all models"):
+        scores = offline.evaluate_models(
+            offline.read_examples(eval_files), class_names, slice_keys, min_images,
+            detectors=detectors,
+            image_detectors={v: stages.timed(f"score: detect {v}", r.detect_images)
+                             for v, r in runners.items()},
+            preprocess=stages.timed("score: decode + preprocess", functools.partial(
+                preprocess_image, input_size=input_sizes.pop())))
+    for name, slices in scores.items():
+        logging.info("%s: mAP %.4f on the eval split", name, slices[results.OVERALL]["mAP"])
     return scores
 
 
@@ -150,6 +176,7 @@ class Executor(base_executor.BaseExecutor):
             serving_dir, paths, split_files["eval"], config.class_names,
             json.loads(exec_properties[SLICE_KEYS_KEY]), exec_properties[MIN_SLICE_IMAGES_KEY],
             stages)
+        stages.log()
         for variant in variants:
             artifact = artifact_utils.get_single_instance(output_dict[OUTPUT_KEYS[variant]])
             overall = scores[variant][results.OVERALL]
