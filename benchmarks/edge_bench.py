@@ -267,9 +267,9 @@ def profile(args: argparse.Namespace, serving_dir: str, examples_uri: str, work:
         "seconds": {name: [round(r["seconds"], 1) for r in rs] for name, rs in runs.items()},
         "median_seconds": {name: round(statistics.median(r["seconds"] for r in rs), 1)
                            for name, rs in runs.items()},
-        "stages": {stage: {name: round(statistics.median(r["stages"].get(stage, 0.0)
-                                                         for r in rs), 1)
-                           for name, rs in runs.items()} for stage in stage_names},
+        "stages": {stage: {name: round(statistics.median(r["stages"][stage] for r in rs), 1)
+                           for name, rs in runs.items() if stage in rs[0]["stages"]}
+                   for stage in stage_names},
         "same_as_first_run": same,
         "mAP": {name: {m: s[results.OVERALL]["mAP"] for m, s in rs[0]["metrics"].items()}
                 for name, rs in runs.items()},
@@ -280,11 +280,12 @@ def _print_profile(report: dict[str, Any]) -> None:
     names = list(report["seconds"])
     print(" | ".join(("stage (median s)", *names)))
     for stage, by_name in report["stages"].items():
-        print(" | ".join((stage, *(str(by_name[n]) for n in names))))
+        print(" | ".join((stage, *(str(by_name.get(n, "-")) for n in names))))
     print(" | ".join(("EdgeOptimizer Do()", *(str(report["median_seconds"][n]) for n in names))))
+    print(" | ".join(("EdgeOptimizer Do(), each run", *(str(report["seconds"][n]) for n in names))))
     for name, same in report["same_as_first_run"].items():
-        print(f"{name}: metrics identical to the first run: {same['metrics']}; "
-              f"flatbuffers identical: {same['flatbuffers']}")
+        print(f"{name}: metrics identical to {names[0]}'s first run: {same['metrics']}; "
+              f"TFLite files identical: {same['flatbuffers']}")
 
 
 def main() -> None:
