@@ -51,9 +51,9 @@ def _weights_only(detector: keras.Model) -> tf.Module:
 
     The converter writes the function and this object as a temporary SavedModel and loads
     it back. Given the Keras model itself, that save traces every layer's call functions
-    and the load restores them: about 90 % of a conversion (10x on the default model),
-    for nothing the function uses. The flatbuffer is byte-identical
-    (``tests/test_edge.py``).
+    and the load restores them: most of a conversion (the default model's float32: 160 s
+    -> 7 s, docs/edge.md), for nothing the function uses. The flatbuffer is
+    byte-identical (``tests/test_edge.py``).
     """
     module = tf.Module()
     module.variables_used = list(detector.variables)
