@@ -2,6 +2,8 @@
 
     .venv/bin/python -m benchmarks.edge_bench                  # trains the default model first
     .venv/bin/python -m benchmarks.edge_bench --model DIR      # an exported SavedModel
+    .venv/bin/python -m benchmarks.edge_bench --profile --model DIR --examples DIR \
+        --baseline REV                                        # EdgeOptimizer seconds
 
 Without ``--model`` the default ``small`` detector is trained on the default dataset with
 the default budget (``train_bench``'s data and ``train()``, ~7 min). The variants are
@@ -12,16 +14,28 @@ and 2 threads (TFLite with XNNPACK via ai-edge-litert; the SavedModel row is Ten
 with that many intra-op threads), mAP, mAP50 and D-ECE. A conv probe measures this
 CPU's int8 vs float32 XNNPACK throughput on a plain 3x3 conv stack, which bounds what
 int8 can gain here. Prints a table; writes ``benchmarks/results/edge_bench.json``.
+
+``--profile`` instead times the EdgeOptimizer executor itself (``Executor.Do`` on a
+Model and an Examples artifact, in a fresh process per run) with its stage breakdown
+(``Stages``). With ``--baseline REV`` the same runs use that git revision's code too,
+interleaved (baseline, current, baseline, ...) so both see the same machine load, and
+the bench checks that both wrote identical metrics and TFLite files. ``--examples`` is
+an Examples artifact directory (``Split-train/``, ``Split-eval/``, e.g. a pipeline
+home's ``CocoExampleGen/examples/<id>``); default: the bench dataset. Writes
+``benchmarks/results/edge_profile.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from typing import Any
@@ -38,7 +52,16 @@ from benchmarks.train_bench import bench_data, train_and_export
 from components.coco_eval import results
 from components.coco_eval.offline import example_features, read_examples
 from components.edge_optimizer.executor import (
+    EVALUATION_FILE,
+    EVALUATION_KEY,
+    MIN_SLICE_IMAGES_KEY,
+    OUTPUT_KEYS,
+    QAT_EPOCHS_KEY,
+    QAT_LEARNING_RATE_KEY,
+    REPRESENTATIVE_KEY,
     SAVED_MODEL,
+    SLICE_KEYS_KEY,
+    TFLITE_FILE,
     build_variants,
     evaluate_variants,
 )
@@ -163,24 +186,144 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+# Runs the EdgeOptimizer executor of the code in the working directory (any revision:
+# only the component's keys and TFX's artifact API are used) and prints its seconds.
+_RUN_EXECUTOR = """
+import json, os, sys, time
+from tfx.types import standard_artifacts
+from components.edge_optimizer import component, executor as ex
+model_uri, examples_uri, out, properties = sys.argv[1:5]
+def artifact(kind, uri):
+    a = kind(); a.uri = uri; return a
+examples = artifact(standard_artifacts.Examples, examples_uri)
+examples.split_names = '["train", "eval"]'
+inputs = {ex.MODEL_KEY: [artifact(standard_artifacts.Model, model_uri)],
+          ex.EXAMPLES_KEY: [examples]}
+outputs = {key: [artifact(component.TFLiteModel, os.path.join(out, key))]
+           for key in ex.OUTPUT_KEYS.values()}
+outputs[ex.EVALUATION_KEY] = [artifact(component.EdgeEvaluation,
+                                       os.path.join(out, ex.EVALUATION_KEY))]
+started = time.perf_counter()
+ex.Executor().Do(inputs, outputs, json.loads(properties))
+print(json.dumps({"seconds": time.perf_counter() - started}))
+"""
+
+
+def _checkout(revision: str, work: str) -> str:
+    """The tree of ``revision`` extracted into ``work`` (the repository is left alone)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(work, filter="data")
+    return work
+
+
+def run_executor(code_dir: str, model_uri: str, examples_uri: str, out: str,
+                 properties: dict[str, Any]) -> dict[str, Any]:
+    """One ``Executor.Do`` of ``code_dir``'s EdgeOptimizer in a fresh process.
+
+    Returns its wall seconds, its ``Stages`` (if that revision records them), the
+    evaluation's metrics and each variant's flatbuffer.
+    """
+    env = {**os.environ, "PYTHONPATH": code_dir}  # before the venv's editable install
+    run = subprocess.run([sys.executable, "-c", _RUN_EXECUTOR, model_uri, examples_uri, out,
+                          json.dumps(properties)], cwd=code_dir, env=env, check=True,
+                         capture_output=True, text=True)
+    seconds = json.loads(run.stdout.strip().splitlines()[-1])["seconds"]
+    evaluation = json.loads(pathlib.Path(out, EVALUATION_KEY, EVALUATION_FILE).read_text())
+    flatbuffers = {variant: pathlib.Path(out, key, TFLITE_FILE).read_bytes()
+                   for variant, key in OUTPUT_KEYS.items()}
+    return {"seconds": seconds, "stages": evaluation.get("seconds", {}),
+            "metrics": evaluation["metrics"], "flatbuffers": flatbuffers}
+
+
+def profile(args: argparse.Namespace, serving_dir: str, examples_uri: str, work: str
+            ) -> dict[str, Any]:
+    """EdgeOptimizer seconds and stages per code version (``--baseline`` and current)."""
+    model_uri = os.path.join(work, "model")  # a Model artifact: <uri>/Format-Serving
+    os.makedirs(model_uri)
+    os.symlink(os.path.abspath(serving_dir), os.path.join(model_uri, "Format-Serving"))
+    properties = {QAT_EPOCHS_KEY: args.qat_epochs, QAT_LEARNING_RATE_KEY: args.qat_learning_rate,
+                  REPRESENTATIVE_KEY: args.representative_examples,
+                  SLICE_KEYS_KEY: json.dumps(list(fs.META_KEYS)), MIN_SLICE_IMAGES_KEY: 20}
+    versions = {"current": str(ROOT)}
+    if args.baseline:
+        versions = {"baseline": _checkout(args.baseline, os.path.join(work, "baseline")),
+                    **versions}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in versions}
+    for repeat in range(args.repeats):
+        for name, code_dir in versions.items():
+            out = os.path.join(work, f"{name}-{repeat}")
+            runs[name].append(run_executor(code_dir, model_uri, examples_uri, out, properties))
+            print(f"{name} run {repeat + 1}: {runs[name][-1]['seconds']:.1f} s", flush=True)
+    first = runs[next(iter(versions))][0]
+    same = {name: {"metrics": all(r["metrics"] == first["metrics"] for r in version_runs),
+                   "flatbuffers": {v: all(r["flatbuffers"][v] == b for r in version_runs)
+                                   for v, b in first["flatbuffers"].items()}}
+            for name, version_runs in runs.items()}
+    stage_names = list(dict.fromkeys(s for rs in runs.values() for r in rs for s in r["stages"]))
+    return {
+        "baseline": args.baseline, "repeats": args.repeats,
+        "seconds": {name: [round(r["seconds"], 1) for r in rs] for name, rs in runs.items()},
+        "median_seconds": {name: round(statistics.median(r["seconds"] for r in rs), 1)
+                           for name, rs in runs.items()},
+        "stages": {stage: {name: round(statistics.median(r["stages"][stage] for r in rs), 1)
+                           for name, rs in runs.items() if stage in rs[0]["stages"]}
+                   for stage in stage_names},
+        "same_as_first_run": same,
+        "mAP": {name: {m: s[results.OVERALL]["mAP"] for m, s in rs[0]["metrics"].items()}
+                for name, rs in runs.items()},
+    }
+
+
+def _print_profile(report: dict[str, Any]) -> None:
+    names = list(report["seconds"])
+    print(" | ".join(("stage (median s)", *names)))
+    for stage, by_name in report["stages"].items():
+        print(" | ".join((stage, *(str(by_name.get(n, "-")) for n in names))))
+    print(" | ".join(("EdgeOptimizer Do()", *(str(report["median_seconds"][n]) for n in names))))
+    print(" | ".join(("EdgeOptimizer Do(), each run", *(str(report["seconds"][n]) for n in names))))
+    for name, same in report["same_as_first_run"].items():
+        print(f"{name}: metrics identical to {names[0]}'s first run: {same['metrics']}; "
+              f"TFLite files identical: {same['flatbuffers']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported SavedModel dir (default: train one)")
+    parser.add_argument("--profile", action="store_true",
+                        help="time the EdgeOptimizer executor and its stages instead")
+    parser.add_argument("--examples", help="--profile: an Examples artifact dir "
+                                           "(default: the bench dataset)")
+    parser.add_argument("--baseline", help="--profile: also run this git revision's code")
+    parser.add_argument("--repeats", type=int, default=1, help="--profile: runs per version")
     parser.add_argument("--qat-epochs", type=int, default=configs.RunConfig().edge.qat_epochs)
     parser.add_argument("--qat-learning-rate", type=float,
                         default=configs.RunConfig().edge.qat_learning_rate)
     parser.add_argument("--representative-examples", type=int, default=200)
     parser.add_argument("--config", default="default", help="pipeline config for the data")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "edge_bench.json"))
+    parser.add_argument("--out", help="JSON report (default: benchmarks/results/"
+                                      "edge_bench.json, edge_profile.json with --profile)")
     args = parser.parse_args()
+    host = machine.describe()
 
-    run_config, splits = bench_data(args.config)
+    # The bench dataset (generated on first use) unless --profile is given both inputs.
+    given = args.profile and args.model and args.examples
+    run_config, splits = (None, {}) if given else bench_data(args.config)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as work:
         serving_dir = args.model
         if not serving_dir:
             config = TrainConfig.from_dict(
                 {**run_config.train.hparams, "class_names": list(synth.CLASS_NAMES)})
             serving_dir = train_and_export(config, splits, work)[1]
+        if args.profile:
+            examples = args.examples or str(pathlib.Path(splits["train"]).parent.parent)
+            report = {"machine": host, "model": serving_dir, "examples": examples,
+                      **profile(args, serving_dir, examples, work)}
+            print(f"\n{machine.summary(host)}")
+            _print_profile(report)
+            _write(report, args.out or str(RESULTS_DIR / "edge_profile.json"))
+            return
         detector, config = load_detector(serving_dir)
         started = time.perf_counter()
         variants = build_variants(detector, config, [splits["train"]], work, args.qat_epochs,
@@ -200,7 +343,6 @@ def main() -> None:
         probe = conv_probe(work)
     summary = _summary(rows)
     header = ("variant", "KB", "p50 1t", "p99 1t", "p50 2t", "p99 2t", "mAP", "mAP50", "D-ECE")
-    host = machine.describe()
     print(f"\n{machine.summary(host)}; "
           f"variants built in {build_seconds:.0f} s (QAT {args.qat_epochs} epochs)")
     print(" | ".join(header))
@@ -218,9 +360,13 @@ def main() -> None:
               "summary": summary, "slices": {n: {s: {k: m[k] for k in ("mAP", "num_images")}
                                                  for s, m in scores[n].items()}
                                              for n in scores}}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    _write(report, args.out or str(RESULTS_DIR / "edge_bench.json"))
+
+
+def _write(report: dict[str, Any], out: str) -> None:
+    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -74,10 +74,15 @@ class TFLiteDetector:
             x = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
         return self._runner(**{INPUT_NAME: x.astype(self.input_dtype)})
 
-    def detect(self, encoded_images: Sequence[bytes]) -> dict[str, np.ndarray]:
-        """Encoded JPEG/PNG images -> the detection outputs stacked over the batch."""
-        outputs = [self.detect_image(preprocess_image(e, self.input_size))
-                   for e in encoded_images]
+    def detect_images(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Preprocessed images -> the detection outputs stacked over the batch (the model
+        runs at batch 1)."""
+        outputs = [self.detect_image(image) for image in images]
         if not outputs:
             raise ValueError("detect() needs at least one image")
         return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+
+    def detect(self, encoded_images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Encoded JPEG/PNG images -> the detection outputs stacked over the batch."""
+        return self.detect_images([preprocess_image(e, self.input_size)
+                                   for e in encoded_images])

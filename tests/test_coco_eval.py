@@ -508,3 +508,15 @@ def test_score_ties_across_images_rank_the_same_in_any_merge_order():
 
 def metric_types_key(name: str):
     return tfma.metrics.MetricKey(name=name, model_name="")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_match_cache_gives_the_uncached_metrics_in_every_slice(seed):
+    images = random_images(seed, num_images=24)
+    cache = cocoeval.MatchCache()
+    for subset in (images, images[::2], images[1::3], images):  # overall, then slices
+        cached = metric.coco_metrics(subset, ["a", "b", "c"], min_images=1, cache=cache)
+        fresh = metric.coco_metrics(subset, ["a", "b", "c"], min_images=1)
+        assert cached.keys() == fresh.keys()
+        for key, value in fresh.items():
+            np.testing.assert_array_equal(cached[key], value, err_msg=key)

@@ -56,3 +56,30 @@ def test_slices_are_scored_separately_with_tfma_style_names():
 def test_no_examples_is_an_error():
     with pytest.raises(ValueError, match="no examples"):
         offline.evaluate(lambda encoded: {}, [], CLASSES)
+
+
+def test_evaluate_models_scores_each_model_as_evaluate_does_alone():
+    examples = [_example(i, ("cam-a", "cam-b", "cam-c")[i % 3]) for i in range(40)]
+    keys = [fs.meta_key("camera")]
+    detect_b, detect_c = (_detector(examples, wrong_on=cam) for cam in ("cam-b", "cam-c"))
+    # An "image model": the same detections, from a preprocessed input (here the bytes'
+    # index into the list, so the test sees exactly which images it was given).
+    index = {e: i for i, e in enumerate(
+        offline.example_features(s)[fs.IMAGE_ENCODED][0] for s in examples)}
+    encoded = list(index)
+    scores = offline.evaluate_models(
+        iter(examples), CLASSES, keys, 5, detectors={"b": detect_b},
+        image_detectors={"c": lambda images: detect_c([encoded[int(i)] for i in images])},
+        preprocess=lambda e: np.float32(index[e]), batch_size=7)
+    assert list(scores) == ["b", "c"]
+    for name, detect in (("b", detect_b), ("c", detect_c)):
+        alone = offline.evaluate(detect, examples, CLASSES, keys, min_images=5, batch_size=32)
+        assert scores[name] == alone  # exactly: the same images, matches and sums
+    assert scores["b"]["meta/camera=cam-b"]["mAP"] == pytest.approx(0.0)
+    assert scores["c"]["meta/camera=cam-b"]["mAP"] == pytest.approx(1.0)
+
+
+def test_evaluate_models_needs_preprocess_for_image_models():
+    with pytest.raises(ValueError, match="need preprocess"):
+        offline.evaluate_models([_example(0, "cam-a")], CLASSES,
+                                image_detectors={"m": lambda images: {}})

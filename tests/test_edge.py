@@ -15,14 +15,15 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from components.coco_eval import results
+from components.coco_eval import offline, results
 from components.edge_optimizer import EdgeEvaluation, TFLiteModel
 from components.edge_optimizer import executor as edge_executor
 from components.edge_pusher import EdgeBundle
 from components.edge_pusher import executor as pusher
+from data import feature_spec as fs
 from serving.tflite_runner import TFLiteDetector
 from tests.trainer_fixture import CLASS_NAMES, make_example, write_split
-from trainer import tflite
+from trainer import qat, tflite
 from trainer.config import TrainConfig
 from trainer.decode import BOXES, CLASSES, NUM_DETECTIONS, SCORES
 from trainer.export import SERVING_DEFAULT, export_saved_model, load_detector
@@ -35,6 +36,7 @@ MAX_DETECTIONS = 20
 FP16_TOLERANCE = 2e-3
 CLEAR_SCORE = 0.5  # a float detection this confident is a "clear case"
 INT8_MIN_IOU = 0.7  # the int8 model's detection of a clear case overlaps it at least this
+SLICE_KEYS = [fs.IMAGE_FORMAT]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,35 @@ def edge(tmp_path_factory: pytest.TempPathFactory):
     serve = tf.saved_model.load(serving_dir).signatures[SERVING_DEFAULT]
     float_outputs = {k: v.numpy() for k, v in serve(images=tf.constant(images)).items()}
     return {"root": root, "serving_dir": serving_dir, "paths": paths, "images": images,
-            "float": float_outputs, "eval_files": eval_files}
+            "float": float_outputs, "eval_files": eval_files, "train_files": train_files,
+            "detector": detector, "config": loaded_config}
+
+
+def test_converting_with_only_the_weights_is_byte_identical(edge, monkeypatch):
+    """The converter given just the variables (fast) writes what it writes given the
+    Keras model (TF's documented use, ~10x slower), for each kind of conversion."""
+    detector, config = edge["detector"], edge["config"]
+    args = (config.input_size, config.max_detections)
+    images = tflite.representative_images(edge["train_files"], config.input_size, 8)
+    cases = [(detector, tflite.FLOAT32), (detector, tflite.PTQ_INT8),
+             (qat.quantize_detector(detector), tflite.QAT_INT8)]
+    fast = [tflite.convert(model, variant, *args, images) for model, variant in cases]
+    monkeypatch.setattr(tflite, "_weights_only", lambda model: model)
+    for (model, variant), flatbuffer in zip(cases, fast, strict=True):
+        assert flatbuffer == tflite.convert(model, variant, *args, images), variant
+
+
+def test_one_pass_scoring_equals_scoring_each_model_alone(edge):
+    # The fixture has no meta features; its JPEG/PNG mix gives two slices.
+    scores = edge_executor.evaluate_variants(edge["serving_dir"], edge["paths"],
+                                             edge["eval_files"], CLASS_NAMES, SLICE_KEYS, 4)
+    detectors = {edge_executor.SAVED_MODEL: offline.saved_model_detector(edge["serving_dir"]),
+                 **{v: TFLiteDetector(p).detect for v, p in edge["paths"].items()}}
+    assert list(scores) == list(detectors)
+    for name, detect in detectors.items():
+        alone = offline.evaluate(detect, offline.read_examples(edge["eval_files"]),
+                                 CLASS_NAMES, SLICE_KEYS, 4)
+        assert len(alone) > 1 and scores[name] == alone, name  # slices too, exactly
 
 
 def test_qat_int8_uses_builtin_ops_and_integer_convolutions(edge):

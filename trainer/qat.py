@@ -68,6 +68,25 @@ def quantize_detector(detector: keras.Model) -> keras.Model:
         return _quantization.quantize_apply(annotated)
 
 
+def _layer_extremes(probe: keras.Model, images: np.ndarray,
+                    batch_size: int = 32) -> list[tuple[float, float]]:
+    """(min, max) of each of ``probe``'s outputs over ``images``, reduced batch by batch.
+
+    What ``probe.predict`` then ``.min()``/``.max()`` gave (min and max are exact in
+    any order), without holding every layer's activations for every image (~GBs).
+    """
+    @tf.function(autograph=False)
+    def batch_extremes(batch: tf.Tensor) -> list[tf.Tensor]:
+        return [tf.stack([tf.reduce_min(out), tf.reduce_max(out)])
+                for out in tf.nest.flatten(probe(batch, training=False))]
+
+    per_batch = np.stack([np.stack([t.numpy() for t in batch_extremes(images[i:i + batch_size])])
+                          for i in range(0, len(images), batch_size)])
+    return [(float(low), float(high))
+            for low, high in zip(per_batch[..., 0].min(axis=0), per_batch[..., 1].max(axis=0),
+                                 strict=True)]
+
+
 def calibrate_ranges(qat_model: keras.Model, detector: keras.Model,
                      images: np.ndarray) -> None:
     """Sets every activation range of ``qat_model`` to what ``detector`` produces on images.
@@ -80,10 +99,10 @@ def calibrate_ranges(qat_model: keras.Model, detector: keras.Model,
     """
     layers = [layer for layer in detector.layers
               if not isinstance(layer, keras.layers.InputLayer)]
-    probe = keras.Model(detector.inputs, [layer.output for layer in layers])
-    outputs = probe.predict(images, batch_size=32, verbose=0)
-    ranges = {layer.name: (min(float(out.min()), 0.0), max(float(out.max()), 0.0))
-              for layer, out in zip(layers, outputs, strict=True)}
+    extremes = _layer_extremes(keras.Model(detector.inputs, [layer.output for layer in layers]),
+                               images)
+    ranges = {layer.name: (min(low, 0.0), max(high, 0.0))
+              for layer, (low, high) in zip(layers, extremes, strict=True)}
     input_range = (min(float(images.min()), 0.0), max(float(images.max()), 0.0))
     for layer in qat_model.layers:
         inner = getattr(layer, "layer", layer)  # QuantizeWrapper holds the float layer

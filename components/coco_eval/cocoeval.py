@@ -253,14 +253,37 @@ def _summarize(precision: np.ndarray, recall: np.ndarray, num_gt: np.ndarray) ->
     )
 
 
-def match_images(images: Sequence[ImageData], num_classes: int) -> list[list[Matches]]:
+class MatchCache:
+    """evaluateImg results per image, for scoring the same images in several slices.
+
+    Matching depends on the image alone, and is ~90 % of scoring a slice: with one cache
+    for "overall" and every slice of a model, each image is matched once. Keyed by the
+    ImageData object (held, so its id is never reused), not by ``image_id``, which may
+    be empty.
+    """
+
+    def __init__(self) -> None:
+        self._matches: dict[int, tuple[ImageData, list[tuple[int, Matches]]]] = {}
+
+    def get(self, image: ImageData, num_classes: int) -> list[tuple[int, Matches]]:
+        """(class, matches) of ``image`` as ``match_images`` uses them, computed once."""
+        if id(image) not in self._matches:
+            self._matches[id(image)] = (image, list(_evaluate_image(image, num_classes)))
+        return self._matches[id(image)][1]
+
+
+def match_images(images: Sequence[ImageData], num_classes: int,
+                 cache: MatchCache | None = None) -> list[list[Matches]]:
     """evaluateImg for every image: per class (index class - 1), its images' Matches in order.
 
     The shared first step of ``evaluate`` and of calibration (``calibration.py``).
+    ``cache``: reuse (and keep) the matches of images seen before.
     """
     per_class: list[list[Matches]] = [[] for _ in range(num_classes)]
     for image in images:
-        for cls, matches in _evaluate_image(image, num_classes):
+        pairs = (cache.get(image, num_classes) if cache is not None
+                 else _evaluate_image(image, num_classes))
+        for cls, matches in pairs:
             per_class[cls - 1].append(matches)
     return per_class
 

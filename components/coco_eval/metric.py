@@ -230,16 +230,18 @@ class _CocoCombiner(beam.CombineFn):
 
 
 def coco_metrics(images: Sequence[cocoeval.ImageData], class_names: Sequence[str],
-                 min_images: int = DEFAULT_MIN_IMAGES) -> dict[str, Any]:
+                 min_images: int = DEFAULT_MIN_IMAGES,
+                 cache: cocoeval.MatchCache | None = None) -> dict[str, Any]:
     """One slice's metric values by key name (``MAP``, STAT_NAMES, per class, calibration).
 
     The Evaluator's combiner and the offline evaluation of edge variants both call this,
     so a TFLite variant is scored by exactly the code that scores the SavedModel.
+    ``cache``: one per model, shared by its slices, so each image is matched once.
     """
     # Beam merges in no fixed order; pycocotools visits images in id order, which
     # decides how exact score ties across images are ranked.
     ordered = sorted(images, key=lambda image: (len(image.image_id), image.image_id))
-    per_class = cocoeval.match_images(ordered, len(class_names))
+    per_class = cocoeval.match_images(ordered, len(class_names), cache)
     summary = cocoeval.evaluate(ordered, len(class_names), per_class)
     calibrated = calibration.calibrate(per_class)
     enough = len(ordered) >= min_images

@@ -8,12 +8,14 @@ Evaluator's metric, the same slices) into the ``edge_evaluation`` artifact.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import tf_keras as keras
 from absl import logging
@@ -24,6 +26,7 @@ from tfx.utils import path_utils
 
 from components import release
 from components.coco_eval import offline, results
+from serving.edge_preprocess import preprocess_image
 from serving.tflite_runner import TFLiteDetector
 from trainer import qat, tflite
 from trainer.config import TrainConfig
@@ -42,37 +45,91 @@ EVALUATION_FILE = "edge_evaluation.json"
 SAVED_MODEL = "saved_model"  # the float SavedModel's entry in edge_evaluation.json
 # The variants' output keys, in the order the executor writes them.
 OUTPUT_KEYS = {variant: f"{variant}_model" for variant in tflite.VARIANTS}
+T = TypeVar("T")
+
+
+class Stages:
+    """Wall seconds per named stage, in order: the component's own profile.
+
+    The executor is the pipeline's slowest step after the Trainer, so it logs where its
+    time goes and keeps the figures in ``edge_evaluation.json`` (``seconds``), which is
+    what ``benchmarks.edge_bench --profile`` reads.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def time(self, name: str) -> Iterator[None]:
+        """Adds the block's seconds to stage ``name``."""
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0)
+                                   + time.perf_counter() - started, 3)
+
+    def timed(self, name: str, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn``, adding each call's seconds to stage ``name``."""
+        def call(*args: Any, **kwargs: Any) -> T:
+            with self.time(name):
+                return fn(*args, **kwargs)
+        return call
+
+    def log(self) -> None:
+        for name, seconds in self.seconds.items():
+            logging.info("EdgeOptimizer stage %s: %.1f s", name, seconds)
 
 
 def build_variants(detector: keras.Model, config: TrainConfig, train_files: list[str],
                    run_dir: str, qat_epochs: int, qat_learning_rate: float,
-                   representative_count: int) -> dict[str, bytes]:
+                   representative_count: int, stages: Stages | None = None) -> dict[str, bytes]:
     """The trained detector -> {variant: flatbuffer} for every ``tflite.VARIANTS``."""
+    stages = stages or Stages()
     args = (config.input_size, config.max_detections)
-    variants = {tflite.FLOAT32: tflite.convert(detector, tflite.FLOAT32, *args),
-                tflite.FP16: tflite.convert(detector, tflite.FP16, *args)}
-    images = tflite.representative_images(train_files, config.input_size, representative_count)
-    variants[tflite.PTQ_INT8] = tflite.convert(detector, tflite.PTQ_INT8, *args, images)
-    qat_model = qat.fine_tune(detector, config, train_files, images, run_dir, qat_epochs,
-                              qat_learning_rate)
-    variants[tflite.QAT_INT8] = tflite.convert(qat_model, tflite.QAT_INT8, *args)
+    variants = {}
+    for variant in (tflite.FLOAT32, tflite.FP16):
+        with stages.time(f"convert {variant}"):
+            variants[variant] = tflite.convert(detector, variant, *args)
+    with stages.time("representative images"):
+        images = tflite.representative_images(train_files, config.input_size,
+                                               representative_count)
+    with stages.time(f"convert {tflite.PTQ_INT8}"):
+        variants[tflite.PTQ_INT8] = tflite.convert(detector, tflite.PTQ_INT8, *args, images)
+    with stages.time("QAT fine-tune"):
+        qat_model = qat.fine_tune(detector, config, train_files, images, run_dir, qat_epochs,
+                                  qat_learning_rate)
+    with stages.time(f"convert {tflite.QAT_INT8}"):
+        variants[tflite.QAT_INT8] = tflite.convert(qat_model, tflite.QAT_INT8, *args)
     return {v: variants[v] for v in tflite.VARIANTS}
 
 
 def evaluate_variants(serving_dir: str, tflite_paths: dict[str, str], eval_files: list[str],
                       class_names: Sequence[str], slice_keys: Sequence[str],
-                      min_images: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """{``SAVED_MODEL`` or variant: {slice: metrics}}, all on the same eval examples."""
-    detectors = {SAVED_MODEL: offline.saved_model_detector(serving_dir)}
-    for variant, path in tflite_paths.items():
-        detectors[variant] = TFLiteDetector(path, num_threads=os.cpu_count() or 1).detect
-    scores = {}
-    for name, detect in detectors.items():
-        started = time.perf_counter()
-        scores[name] = offline.evaluate(detect, offline.read_examples(eval_files), class_names,
-                                        slice_keys, min_images)
-        logging.info("%s: mAP %.4f on the eval split (%.1f s)", name,
-                     scores[name][results.OVERALL]["mAP"], time.perf_counter() - started)
+                      min_images: int, stages: Stages | None = None,
+                      ) -> dict[str, dict[str, dict[str, Any]]]:
+    """{``SAVED_MODEL`` or variant: {slice: metrics}}, all on the same eval examples.
+
+    One pass over the eval split: each batch is parsed once, and its images decoded and
+    preprocessed once for all the TFLite variants (the SavedModel decodes in its graph).
+    """
+    stages = stages or Stages()
+    runners = {v: TFLiteDetector(path, num_threads=os.cpu_count() or 1)
+               for v, path in tflite_paths.items()}
+    input_sizes = {runner.input_size for runner in runners.values()}
+    if len(input_sizes) > 1:
+        raise ValueError(f"the variants take different input sizes: {input_sizes}")
+    with stages.time("score: load SavedModel"):
+        detectors = {SAVED_MODEL: stages.timed(f"score: detect {SAVED_MODEL}",
+                                               offline.saved_model_detector(serving_dir))}
+    with stages.time("score: all models"):
+        scores = offline.evaluate_models(
+            offline.read_examples(eval_files), class_names, slice_keys, min_images,
+            detectors=detectors,
+            image_detectors={v: stages.timed(f"score: detect {v}", r.detect_images)
+                             for v, r in runners.items()},
+            preprocess=stages.timed("score: decode + preprocess", functools.partial(
+                preprocess_image, input_size=input_sizes.pop())))
+    for name, slices in scores.items():
+        logging.info("%s: mAP %.4f on the eval split", name, slices[results.OVERALL]["mAP"])
     return scores
 
 
@@ -92,11 +149,14 @@ class Executor(base_executor.BaseExecutor):
                        for split in ("train", "eval")}
 
         # --- variants: float32, fp16, PTQ int8 from the float model; QAT int8 ----------
-        detector, config = load_detector(serving_dir)
+        stages = Stages()
+        with stages.time("load model"):
+            detector, config = load_detector(serving_dir)
         with tempfile.TemporaryDirectory() as run_dir:
             variants = build_variants(
                 detector, config, split_files["train"], run_dir, exec_properties[QAT_EPOCHS_KEY],
-                exec_properties[QAT_LEARNING_RATE_KEY], exec_properties[REPRESENTATIVE_KEY])
+                exec_properties[QAT_LEARNING_RATE_KEY], exec_properties[REPRESENTATIVE_KEY],
+                stages)
         paths = {}
         for variant, flatbuffer in variants.items():
             artifact = artifact_utils.get_single_instance(output_dict[OUTPUT_KEYS[variant]])
@@ -114,7 +174,9 @@ class Executor(base_executor.BaseExecutor):
         # --- the same metric and slices for the SavedModel and every variant ----------
         scores = evaluate_variants(
             serving_dir, paths, split_files["eval"], config.class_names,
-            json.loads(exec_properties[SLICE_KEYS_KEY]), exec_properties[MIN_SLICE_IMAGES_KEY])
+            json.loads(exec_properties[SLICE_KEYS_KEY]), exec_properties[MIN_SLICE_IMAGES_KEY],
+            stages)
+        stages.log()
         for variant in variants:
             artifact = artifact_utils.get_single_instance(output_dict[OUTPUT_KEYS[variant]])
             overall = scores[variant][results.OVERALL]
@@ -125,7 +187,7 @@ class Executor(base_executor.BaseExecutor):
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
         report = {"model_uri": model.uri, "class_names": list(config.class_names),
                   "sizes": {v: len(b) for v, b in variants.items()},
-                  "metrics": scores}
+                  "metrics": scores, "seconds": stages.seconds}
         os.makedirs(evaluation.uri, exist_ok=True)
         with open(os.path.join(evaluation.uri, EVALUATION_FILE), "w") as f:
             json.dump(report, f, indent=1)
