@@ -30,7 +30,7 @@ import math
 import os
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -534,6 +534,16 @@ def record_to_example(record: ImageRecord, images_root: str, label_map: LabelMap
         meta={f: _meta_value(img, f) for f in fs.META_FIELDS},
         stats=image_statistics(pixels),
     )
+
+
+def examples_of(records: Iterable[ImageRecord], images_root: str, label_map: LabelMap,
+                refused: list[RecordError]) -> Iterator[tf.train.Example]:
+    """Streams the records' tf.Examples; refused records go to ``refused`` for callers to count."""
+    for record in records:
+        try:
+            yield record_to_example(record, images_root, label_map)
+        except RecordError as e:
+            refused.append(e)
 
 
 def _read_image(path: str) -> bytes:

@@ -215,6 +215,30 @@ def test_record_to_example_refuses_nonfinite_boxes_it_is_handed(bad_coco):
     assert error.value.reason == coco.ANNOTATION_NONFINITE
 
 
+def test_examples_of_streams_the_examples_and_collects_the_refused(bad_coco):
+    dataset = coco.load_annotations(str(bad_coco))
+    label_map = coco.label_map_of(dataset)
+    records, planned = coco.plan_records(dataset, label_map)
+    pulled = []
+
+    def lazily():
+        for record in records:
+            pulled.append(record)
+            yield record
+
+    refused = []
+    stream = coco.examples_of(lazily(), os.path.dirname(bad_coco), label_map, refused)
+    assert pulled == []  # nothing is read before the caller asks
+    first = next(stream)
+    assert len(pulled) == 1 + len(refused)  # one example at a time, not the whole list
+    examples = [first, *stream]
+    _, expected, quarantined = _convert_all(bad_coco)
+    assert examples == expected and len(examples) == GOOD_IMAGES
+    assert refused and all(isinstance(error, coco.RecordError) for error in refused)
+    assert dict(Counter(e.reason for e in refused)) == _by_reason(quarantined[len(planned):])
+    assert len(examples) + len(refused) == len(records)
+
+
 @pytest.mark.parametrize(
     "bbox", [[1, 2], [1, 2, 3, 4, 5], ["a", 1, 2, 3], "1,2,3,4", None, [1, 2, True, 4], {"x": 1}]
 )
