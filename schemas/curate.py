@@ -123,23 +123,18 @@ def statistics_of_dataset(
     label_map = coco.label_map_of(dataset, annotations_path)
     records, quarantined = coco.plan_records(dataset, label_map)
     image_dir = images_root or os.path.dirname(annotations_path)
-    refused = 0
+    refused: list[coco.RecordError] = []
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = examples_dir or tmp
         os.makedirs(out_dir, exist_ok=True)
         tfrecord = os.path.join(out_dir, "examples.tfrecord.gz")
         with tf.io.TFRecordWriter(tfrecord, options="GZIP") as writer:
-            for record in records:
-                try:
-                    example = coco.record_to_example(record, image_dir, label_map)
-                except coco.RecordError:
-                    refused += 1
-                    continue
+            for example in coco.examples_of(records, image_dir, label_map, refused):
                 writer.write(example.SerializeToString())
         options = tfdv.StatsOptions(schema=schema) if schema is not None else tfdv.StatsOptions()
         # Beam infers gzip from the ".gz" suffix.
         stats = tfdv.generate_statistics_from_tfrecord(tfrecord, stats_options=options)
-    return stats, len(quarantined) + refused
+    return stats, len(quarantined) + len(refused)
 
 
 def draft_from_dataset(

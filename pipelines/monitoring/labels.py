@@ -59,13 +59,9 @@ def match(labels_path: str, served: Sequence[ServedImage], class_names: Sequence
     records, quarantined = coco.plan_records(data, label_map)
     by_digest = {image.digest: image for image in served if image.digest}
     images: dict[str, list[Any]] = collections.defaultdict(list)
-    matched, unusable = 0, len(quarantined)
-    for record in records:
-        try:
-            example = coco.record_to_example(record, root, label_map)
-        except coco.RecordError:
-            unusable += 1
-            continue
+    matched = 0
+    refused: list[coco.RecordError] = []
+    for example in coco.examples_of(records, root, label_map, refused):
         features = offline.example_features(example.SerializeToString())
         served_image = by_digest.get(hashlib.sha256(features[fs.IMAGE_ENCODED][0]).hexdigest())
         if served_image is None:
@@ -82,7 +78,8 @@ def match(labels_path: str, served: Sequence[ServedImage], class_names: Sequence
             value = served_image.meta.get(field) or features.get(key, [b""])[0].decode()
             if value:
                 images[f"{key}={value}"].append(image)
-    return LabelledSample(labels_path, dict(images), len(data["images"]), matched, unusable)
+    return LabelledSample(labels_path, dict(images), len(data["images"]), matched,
+                          len(quarantined) + len(refused))
 
 
 def compare(sample: LabelledSample, class_names: Sequence[str],
