@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from benchmarks import prune_bench
@@ -80,6 +81,15 @@ def test_schedule_reaches_the_target_on_its_last_mask_update(total_steps):
     assert updates and updates[-1] == end and len(updates) <= prune.MASK_UPDATES + 1
     assert float(schedule(end)[1]) == pytest.approx(TARGET)
     assert float(schedule(updates[0])[1]) <= TARGET
+
+
+def test_tfmot_xnnpack_latency_policy_rejects_the_detector():
+    """tfmot's policy for XNNPACK sparse inference checks for the subgraph XNNPACK needs
+    (a padded 3x3 stride-2 stem ... global average pooling): this detector has none,
+    which is why ``trainer.prune`` prunes for size, 3x3 convs included."""
+    policy = tfmot.sparsity.keras.PruneForLatencyOnXNNPack()
+    with pytest.raises(ValueError, match="Could not find `Conv2D 3x3` layer with stride 2x2"):
+        policy.ensure_model_supports_pruning(_detector())
 
 
 def test_prune_detector_rejects_a_share_outside_0_1():

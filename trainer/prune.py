@@ -2,7 +2,7 @@
 
 Which layers: every ``Conv2D`` with at least ``MIN_PRUNED_WEIGHTS`` weights except the
 stem and the three 1x1 output convs (``KEEP_DENSE``). In the ``small`` detector that is
-18 of 22 convs holding 99.6 % of the conv weights; the ones left dense hold 1,424:
+17 of 22 convs holding 99.6 % of the conv weights; the ones left dense hold 1,424:
 
 * the stem (3x3x3x16, 432 weights) sees the raw pixels: every output channel depends on
   27 weights, so zeroing half of them removes whole colour/edge filters, and it is 0.1 %
