@@ -218,6 +218,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="JSON report (default: benchmarks/results/"
                                       "prune_bench.json)")
     args = parser.parse_args(argv)
+    if args.examples and not args.model:
+        parser.error("--examples needs --model: the model trained on those examples")
     if args.smoke:  # the smoke budget as defaults: what the command line gives still wins
         parser.set_defaults(**SMOKE)
         args = parser.parse_args(argv)
