@@ -13,12 +13,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from absl import logging
 
+from trainer import train
 from trainer.config import TrainConfig
-from trainer.input import count_examples, make_dataset
 from trainer.model import HEATMAP, OFFSET, SIZE
-from trainer.train import CenterNetTrainer, RaiseOnNaN, make_optimizer
 
 _quantization = tfmot.quantization.keras
 HEAD_OUTPUTS = (HEATMAP, SIZE, OFFSET)  # the model's output Activation layers
@@ -136,16 +134,7 @@ def fine_tune(detector: keras.Model, config: TrainConfig, train_files: list[str]
     keras.utils.set_random_seed(config.seed)
     qat_model = quantize_detector(detector)
     calibrate_ranges(qat_model, detector, np.stack(representative_images))
-    steps = steps_per_epoch or max(count_examples(train_files) // config.batch_size, 1)
-    logging.info("QAT fine-tune: %d epochs x %d steps at lr %g", epochs, steps, learning_rate)
-    trainer = CenterNetTrainer(qat_model)
-    trainer.compile(optimizer=make_optimizer(
-        learning_rate, config.weight_decay, total_steps=steps * epochs, warmup_steps=0))
-    trainer.fit(
-        make_dataset(train_files, config, training=True),
-        epochs=epochs,
-        steps_per_epoch=steps,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), RaiseOnNaN()],
-        verbose=2,
-    )
+    train.fine_tune(qat_model, config, train_files, run_dir, epochs, learning_rate,
+                    steps_per_epoch or train.epoch_steps(config, train_files),
+                    name="QAT fine-tune")
     return qat_model

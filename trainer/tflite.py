@@ -61,7 +61,8 @@ def _weights_only(detector: keras.Model) -> tf.Module:
 
 
 def convert(detector: keras.Model, variant: str, input_size: int, max_detections: int,
-            representative_images: Iterable[np.ndarray] | None = None) -> bytes:
+            representative_images: Iterable[np.ndarray] | None = None,
+            sparse: bool = False) -> bytes:
     """Converts a detector to one TFLite variant.
 
     Args:
@@ -70,6 +71,10 @@ def convert(detector: keras.Model, variant: str, input_size: int, max_detections
       variant: one of ``VARIANTS``.
       representative_images: for ``PTQ_INT8``: preprocessed [S, S, 3] float32 images
         from the training split, to calibrate activation ranges.
+      sparse: store weight tensors that are >= 30 % zeros in TFLite's sparse format
+        (``Optimize.EXPERIMENTAL_SPARSITY``; a ``DENSIFY`` op restores each at load time),
+        for a pruned detector (``trainer.prune``). Off: the file is byte-identical to
+        what this function wrote before the option existed.
     Returns:
       The flatbuffer; only TFLite builtin ops (the converter fails rather than fall back).
     """
@@ -85,6 +90,9 @@ def convert(detector: keras.Model, variant: str, input_size: int, max_detections
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.inference_input_type = tf.uint8
     if variant != PTQ_INT8:
+        if sparse:
+            converter.optimizations = [*converter.optimizations,
+                                       tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         return converter.convert()
     if representative_images is None:
         raise ValueError("ptq_int8 needs representative_images from the training split")
@@ -95,9 +103,12 @@ def convert(detector: keras.Model, variant: str, input_size: int, max_detections
     # quantizer runs them in int8 too (scores in 1/256 steps, boxes in 1/256 of the image).
     converter._experimental_calibrate_only = True  # noqa: SLF001
     calibrated = converter.convert()
-    return lite_convert.mlir_quantize(
+    quantized = lite_convert.mlir_quantize(
         calibrated, input_data_type=tf.uint8, output_data_type=tf.float32,
         denylisted_nodes=_float_tensor_names(calibrated))
+    # Sparsified after quantizing, as the converter's own path does (lite.py): the
+    # calibrate-only conversion stops before its sparsify step.
+    return lite_convert.mlir_sparsify(quantized) if sparse else quantized
 
 
 def _float_tensor_names(flatbuffer: bytes) -> list[str]:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -387,4 +387,42 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
         step_seconds=budget.step_seconds,
         train_seconds=time.perf_counter() - started,
         precision=precision,
+    )
+
+
+# --- fine-tuning a trained detector (QAT, pruning) --------------------------------------
+def epoch_steps(config: TrainConfig, train_files: list[str]) -> int:
+    """Optimizer steps in one pass over the training examples (at least 1)."""
+    return max(count_examples(train_files) // config.batch_size, 1)
+
+
+def fine_tune(model: keras.Model, config: TrainConfig, train_files: list[str], run_dir: str,
+              epochs: int, learning_rate: float, steps_per_epoch: int,
+              callbacks: Sequence[keras.callbacks.Callback] = (), name: str = "Fine-tune"
+              ) -> None:
+    """Fine-tunes an already trained ``model`` in place with the training loss and input
+    pipeline: what ``trainer.qat`` and ``trainer.prune`` share.
+
+    Args:
+      model: the detector to update (e.g. with fake-quant ops or pruning wrappers).
+      config: its TrainConfig (input size, batch, augmentation seed, weight decay).
+      run_dir: TensorBoard logs.
+      epochs / learning_rate / steps_per_epoch: the budget; the rate decays by a cosine
+        to 0 with no warmup (the weights are already trained).
+      callbacks: added after TensorBoard and ``RaiseOnNaN`` (e.g. tfmot's
+        ``UpdatePruningStep``).
+      name: what the log line calls this fine-tune.
+    """
+    logging.info("%s: %d epochs x %d steps at lr %g", name, epochs, steps_per_epoch,
+                 learning_rate)
+    trainer = CenterNetTrainer(model)
+    trainer.compile(optimizer=make_optimizer(
+        learning_rate, config.weight_decay, total_steps=steps_per_epoch * epochs,
+        warmup_steps=0))
+    trainer.fit(
+        make_dataset(train_files, config, training=True),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), RaiseOnNaN(), *callbacks],
+        verbose=2,
     )
