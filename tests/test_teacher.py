@@ -1,0 +1,122 @@
+"""train.teacher in the DAG: the resolver strategy on a real ML Metadata store, the wiring
+into the Trainer's base_model, and the settings' checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2 as pb
+from tfx.dsl.compiler import compiler
+from tfx.dsl.components.common import importer as importer_lib
+from tfx.dsl.components.common import resolver as resolver_lib
+from tfx.types import artifact_utils, standard_artifacts
+
+from pipelines import configs, kubeflow_runner, local_runner
+from pipelines.teacher import LatestModelOfSizeStrategy
+from trainer.executor import record_hparams
+
+CLASSES = ["circle", "square"]
+
+
+def _store_with_models(models: list[dict]) -> metadata_store.MetadataStore:
+    """An in-memory MLMD store holding Model artifacts with these recorded hparams."""
+    config = pb.ConnectionConfig()
+    config.fake_database.SetInParent()
+    store = metadata_store.MetadataStore(config)
+    type_id = store.put_artifact_type(standard_artifacts.Model._get_artifact_type())  # noqa: SLF001
+    for i, hparams in enumerate(models):
+        model = standard_artifacts.Model()
+        model.uri = f"/models/{i}"
+        model.type_id = type_id
+        record_hparams(model, hparams)
+        store.put_artifacts([model.mlmd_artifact])
+    return store
+
+
+def _resolve(store: metadata_store.MetadataStore, **wanted) -> list[str]:
+    model_type = store.get_artifact_type("Model")
+    models = [artifact_utils.deserialize_artifact(model_type, a)
+              for a in store.get_artifacts_by_type("Model")]
+    resolved = LatestModelOfSizeStrategy(**wanted).resolve_artifacts(store, {"model": models})
+    return [m.uri for m in resolved["model"]]
+
+
+def test_the_latest_model_of_the_size_input_size_and_classes_is_resolved():
+    medium = {"model_size": "medium", "input_size": 128, "class_names": CLASSES}
+    store = _store_with_models([
+        medium,  # /models/0: an older teacher
+        {**medium, "model_size": "small"},
+        medium,  # /models/2: the latest matching
+        {**medium, "input_size": 160},
+        {**medium, "class_names": ["circle", "square", "hexagon"]},
+        {"model_size": "medium"},  # a custom run_fn's model, recording less
+    ])
+    assert _resolve(store, model_size="medium", input_size=128,
+                    class_names=CLASSES) == ["/models/2"]
+    assert _resolve(store, model_size="small", input_size=128,
+                    class_names=CLASSES) == ["/models/1"]
+    # None yet: an empty channel, not a failed resolver; the Trainer then says what to do.
+    assert _resolve(store, model_size="medium", input_size=96, class_names=CLASSES) == []
+
+
+def _build(tmp_path, *overrides: str):
+    config = configs.load("tiny", overrides)
+    return local_runner.build(config, configs.Paths(str(tmp_path), config.pipeline_name),
+                              str(tmp_path / "data"))
+
+
+def _node_inputs(ir, node_id: str):
+    [node] = [n.pipeline_node for n in ir.nodes if n.pipeline_node.node_info.id == node_id]
+    return node.inputs.inputs
+
+
+def test_a_teacher_size_wires_the_resolver_into_the_trainers_base_model(tmp_path):
+    pipeline = _build(tmp_path, "train.teacher=medium", "train.input_size=64")
+    components = {c.id: c for c in pipeline.components}
+    resolver, trainer = components["teacher_resolver"], components["Trainer"]
+    assert trainer.inputs["base_model"] is resolver.outputs["model"]
+    assert resolver.exec_properties[resolver_lib.RESOLVER_STRATEGY_CLASS] is \
+        LatestModelOfSizeStrategy
+    wanted = resolver.exec_properties[resolver_lib.RESOLVER_CONFIG]
+    assert wanted == {"model_size": "medium", "input_size": 64,
+                      "class_names": json.loads(trainer.exec_properties["custom_config"])[
+                                         "class_names"]}
+    assert wanted["class_names"][:2] == ["circle", "square"]
+    ir = compiler.Compiler().compile(pipeline)
+    [channel] = _node_inputs(ir, "Trainer")["base_model"].channels
+    assert channel.producer_node_query.id == "teacher_resolver"
+    assert _node_inputs(ir, "Trainer")["base_model"].min_count == 0  # none yet: runs, explains
+
+
+def test_a_teacher_path_is_imported(tmp_path, monkeypatch):
+    export = tmp_path / "teacher" / "Format-Serving"
+    export.mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)  # a relative path is imported as an absolute one
+    pipeline = _build(tmp_path, "train.teacher=./teacher")
+    components = {c.id: c for c in pipeline.components}
+    importer = components["teacher_importer"]
+    assert importer.exec_properties[importer_lib.SOURCE_URI_KEY] == str(tmp_path / "teacher")
+    assert components["Trainer"].inputs["base_model"] is importer.outputs["result"]
+    assert "teacher_resolver" not in components
+    assert "base_model" not in {c.id: c for c in _build(tmp_path).components}["Trainer"].inputs
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.teacher=mediun", "did you mean 'medium'"),
+    ("train.teacher=/nowhere/teacher", "no saved_model.pb there or in its Format-Serving"),
+    ("train.distill_weight=-1", "distill_weight=-1.0; must be > 0"),
+])
+def test_a_bad_teacher_fails_when_the_config_loads(override, words):
+    with pytest.raises(ValueError, match="teacher|distill_weight") as error:
+        configs.load("tiny", [override])
+    assert words in str(error.value)
+
+
+def test_kubeflow_asks_for_a_path_instead_of_a_size(tmp_path):
+    config = configs.load("default", ["train.teacher=medium"])
+    with pytest.raises(ValueError, match="give the teacher's export instead"):
+        kubeflow_runner.compile_pipeline(config, str(tmp_path / "x.json"), "gs://b", "gs://b",
+                                         "gs://b")
