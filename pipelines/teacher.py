@@ -14,14 +14,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ml_metadata.proto import metadata_store_pb2
 from tfx import types
 from tfx import v1 as tfx
 from tfx.dsl.components.common import importer, resolver
+from tfx.types import artifact_utils
 
 from trainer.config import TrainConfig, is_teacher_path
+from trainer.distill import missing_teacher_message
 from trainer.executor import HPARAM_PREFIX
 
 MODEL_KEY = "model"  # the resolver's channel, and so its output key
+RESOLVER_ID = "teacher_resolver"
+PIPELINE_CONTEXT = "pipeline"  # TFX's context type for every run of a pipeline
 
 
 class LatestModelOfSizeStrategy(resolver.ResolverStrategy):
@@ -75,10 +80,39 @@ def teacher_node(hparams: dict[str, Any], class_names: Sequence[str]) -> Any:
         config={"model_size": teacher, "input_size": input_size,
                 "class_names": list(class_names)},
         **{MODEL_KEY: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model)},
-    ).with_id("teacher_resolver")
+    ).with_id(RESOLVER_ID)
 
 
 def teacher_channel(node: Any) -> types.BaseChannel:
     """The node's Model output, for the Trainer's ``base_model``."""
     key = MODEL_KEY if isinstance(node, tfx.dsl.Resolver) else importer.IMPORT_RESULT_KEY
     return node.outputs[key]
+
+
+def check_teacher(pipeline: tfx.dsl.Pipeline, store) -> None:
+    """Fails before any component runs when the pipeline's teacher resolver would find
+    no Model (the Trainer would fail with the same message, after the data stage).
+
+    Raises:
+      ValueError: what to run once to record a teacher.
+    """
+    nodes = [c for c in pipeline.components if c.id == RESOLVER_ID]
+    if not nodes:
+        return
+    wanted = nodes[0].exec_properties[resolver.RESOLVER_CONFIG]
+    models = recorded_models(store, pipeline.pipeline_info.pipeline_name)
+    strategy = LatestModelOfSizeStrategy(**wanted)
+    if not strategy.resolve_artifacts(store, {MODEL_KEY: models})[MODEL_KEY]:
+        raise ValueError(missing_teacher_message(wanted["model_size"]))
+
+
+def recorded_models(store, pipeline_name: str) -> list[types.Artifact]:
+    """The live Model artifacts of a pipeline's runs: what the resolver's channel holds."""
+    context = store.get_context_by_type_and_name(PIPELINE_CONTEXT, pipeline_name)
+    if context is None:
+        return []
+    types_by_id = {t.id: t for t in store.get_artifact_types()}
+    return [artifact_utils.deserialize_artifact(types_by_id[a.type_id], a)
+            for a in store.get_artifacts_by_context(context.id)
+            if types_by_id[a.type_id].name == tfx.types.standard_artifacts.Model.TYPE_NAME
+            and a.state == metadata_store_pb2.Artifact.LIVE]

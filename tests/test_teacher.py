@@ -11,36 +11,48 @@ from ml_metadata.proto import metadata_store_pb2 as pb
 from tfx.dsl.compiler import compiler
 from tfx.dsl.components.common import importer as importer_lib
 from tfx.dsl.components.common import resolver as resolver_lib
-from tfx.types import artifact_utils, standard_artifacts
+from tfx.types import standard_artifacts
 
-from pipelines import configs, kubeflow_runner, local_runner
+from pipelines import configs, kubeflow_runner, local_runner, teacher
 from pipelines.teacher import LatestModelOfSizeStrategy
 from trainer.executor import record_hparams
 
 CLASSES = ["circle", "square"]
+PIPELINE = "sightline-tiny"
 
 
-def _store_with_models(models: list[dict]) -> metadata_store.MetadataStore:
-    """An in-memory MLMD store holding Model artifacts with these recorded hparams."""
-    config = pb.ConnectionConfig()
-    config.fake_database.SetInParent()
-    store = metadata_store.MetadataStore(config)
+def _store_with_models(models: list[dict], pipeline: str = PIPELINE,
+                       store: metadata_store.MetadataStore | None = None
+                       ) -> metadata_store.MetadataStore:
+    """An in-memory MLMD store with live Model artifacts of ``pipeline`` recording these
+    hparams, as the Trainer's executor records them."""
+    if store is None:
+        config = pb.ConnectionConfig()
+        config.fake_database.SetInParent()
+        store = metadata_store.MetadataStore(config)
     type_id = store.put_artifact_type(standard_artifacts.Model._get_artifact_type())  # noqa: SLF001
-    for i, hparams in enumerate(models):
+    context_type = store.put_context_type(pb.ContextType(name=teacher.PIPELINE_CONTEXT))
+    context = store.get_context_by_type_and_name(teacher.PIPELINE_CONTEXT, pipeline)
+    if context is None:
+        [context] = store.put_contexts([pb.Context(type_id=context_type, name=pipeline)])
+    else:
+        context = context.id
+    for hparams in models:
         model = standard_artifacts.Model()
-        model.uri = f"/models/{i}"
+        model.uri = f"/{pipeline}/models/{len(store.get_artifacts())}"
         model.type_id = type_id
+        model.state = "published"  # LIVE in MLMD
         record_hparams(model, hparams)
-        store.put_artifacts([model.mlmd_artifact])
+        [artifact_id] = store.put_artifacts([model.mlmd_artifact])
+        store.put_attributions_and_associations(
+            [pb.Attribution(artifact_id=artifact_id, context_id=context)], [])
     return store
 
 
 def _resolve(store: metadata_store.MetadataStore, **wanted) -> list[str]:
-    model_type = store.get_artifact_type("Model")
-    models = [artifact_utils.deserialize_artifact(model_type, a)
-              for a in store.get_artifacts_by_type("Model")]
+    models = teacher.recorded_models(store, PIPELINE)
     resolved = LatestModelOfSizeStrategy(**wanted).resolve_artifacts(store, {"model": models})
-    return [m.uri for m in resolved["model"]]
+    return [m.uri.removeprefix(f"/{PIPELINE}") for m in resolved["model"]]
 
 
 def test_the_latest_model_of_the_size_input_size_and_classes_is_resolved():
@@ -53,6 +65,7 @@ def test_the_latest_model_of_the_size_input_size_and_classes_is_resolved():
         {**medium, "class_names": ["circle", "square", "hexagon"]},
         {"model_size": "medium"},  # a custom run_fn's model, recording less
     ])
+    _store_with_models([medium], pipeline="another-pipeline", store=store)  # not this one's
     assert _resolve(store, model_size="medium", input_size=128,
                     class_names=CLASSES) == ["/models/2"]
     assert _resolve(store, model_size="small", input_size=128,
@@ -120,3 +133,17 @@ def test_kubeflow_asks_for_a_path_instead_of_a_size(tmp_path):
     with pytest.raises(ValueError, match="give the teacher's export instead"):
         kubeflow_runner.compile_pipeline(config, str(tmp_path / "x.json"), "gs://b", "gs://b",
                                          "gs://b")
+
+
+def test_a_run_without_a_recorded_teacher_stops_before_any_component(tmp_path):
+    pipeline = _build(tmp_path, "train.teacher=medium")
+    classes = json.loads(next(c for c in pipeline.components if c.id == "Trainer")
+                         .exec_properties["custom_config"])["class_names"]
+    small = {"model_size": "small", "input_size": 96, "class_names": classes}
+    store = _store_with_models([small])
+    with pytest.raises(ValueError, match="holds no 'medium' Model") as error:
+        teacher.check_teacher(pipeline, store)
+    assert "sightline run --set train.model_size=medium" in str(error.value)
+    _store_with_models([{**small, "model_size": "medium"}], store=store)
+    teacher.check_teacher(pipeline, store)  # found: the run goes ahead
+    teacher.check_teacher(_build(tmp_path), store)  # no teacher: nothing to check

@@ -98,15 +98,11 @@ def teacher_dir(teacher: str, base_model: str | None) -> str | None:
     if not teacher:
         return None
     if base_model:
-        # An imported pushed version has no Format-Serving folder: it is the export itself.
+        # TFX appends Format-Serving (serving_model_dir for an imported Model, which has no
+        # TFX version) to the artifact's URI; an imported export is that URI itself.
         candidates = [base_model, os.path.dirname(base_model.rstrip("/"))]
     elif teacher in MODEL_SIZES:
-        raise ValueError(
-            f"train.teacher={teacher!r}, but ML Metadata holds no {teacher!r} Model of this "
-            "pipeline with the same input_size and class_names to distil from. Train the "
-            f"teacher once with `sightline run --set train.model_size={teacher}` (the same "
-            "--config and data settings; its Model is recorded in ML Metadata), and every "
-            f"later run with train.teacher={teacher} reuses the latest one.")
+        raise ValueError(missing_teacher_message(teacher))
     else:
         candidates = [teacher, os.path.join(teacher, SERVING_SUBDIR)]
     for candidate in candidates:
@@ -114,6 +110,15 @@ def teacher_dir(teacher: str, base_model: str | None) -> str | None:
             return candidate
     raise ValueError(f"train.teacher={teacher!r}: no SavedModel in {candidates}; give a "
                      "Trainer Model's folder (or its Format-Serving) or a pushed version")
+
+
+def missing_teacher_message(model_size: str) -> str:
+    """What to do when ML Metadata has no Model of ``model_size`` to distil from."""
+    return (f"train.teacher={model_size!r}, but ML Metadata holds no {model_size!r} Model of "
+            "this pipeline with the same input_size and class_names to distil from. Train "
+            f"the teacher once with `sightline run --set train.model_size={model_size}` (the "
+            "same --config and data settings; its Model is recorded in ML Metadata), and "
+            f"every later run with train.teacher={model_size} reuses the latest one.")
 
 
 def load_teacher(export_dir: str, student: TrainConfig) -> keras.Model:
