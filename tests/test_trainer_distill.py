@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -9,15 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from tests.trainer_fixture import CLASS_NAMES, make_example, write_split
 from trainer import distill
 from trainer.config import TrainConfig
-from trainer.export import export_saved_model
+from trainer.export import ASSETS_EXTRA, HPARAMS_FILE, export_saved_model, load_detector
 from trainer.input import make_dataset
 from trainer.losses import focal_loss
 from trainer.model import HEATMAP, OFFSET, SIZE, build_model
 from trainer.targets import MASK, encode_targets
+from trainer.task import run_fn
 from trainer.train import LOSS_NAMES, CenterNetTrainer, make_optimizer, precision_policy
 
 INPUT_SIZE = 32
@@ -193,3 +196,31 @@ def test_a_bfloat16_teacher_gives_float32_outputs_close_to_float32(exported):
     for name, value in outputs.items():
         assert value.dtype == tf.float32
         np.testing.assert_allclose(value.numpy(), reference[name].numpy(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.slow
+def test_run_fn_distils_from_base_model_and_records_the_teacher(exported, data, tmp_path,
+                                                               monkeypatch):
+    loaded = []
+
+    def spy(export_dir: str, student: TrainConfig) -> keras.Model:
+        loaded.append(real_load(export_dir, student))
+        return loaded[-1]
+
+    real_load = distill.load_teacher
+    monkeypatch.setattr(distill, "load_teacher", spy)
+    config = TrainConfig(class_names=tuple(CLASS_NAMES), input_size=INPUT_SIZE, epochs=1,
+                         batch_size=4, max_detections=10, teacher="small")
+    fn_args = FnArgs(train_files=[data[0]], eval_files=[data[1]],
+                     serving_model_dir=str(tmp_path / "serving"),
+                     model_run_dir=str(tmp_path / "run"), custom_config=config.to_dict(),
+                     base_model=exported)  # what TFX gives the Trainer from the resolver
+    run_fn(fn_args)
+    with open(tmp_path / "serving" / ASSETS_EXTRA / HPARAMS_FILE) as f:
+        hparams = json.load(f)
+    assert hparams["teacher"] == "small" and hparams["teacher_uri"] == exported
+    assert hparams["final_distill_loss"] > 0 and hparams["train_steps"] == 2
+    [teacher] = loaded
+    reference, _ = load_detector(exported)
+    for after, original in zip(teacher.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(after, original)
