@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import shutil
 import tempfile
 
@@ -34,7 +33,15 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import machine
-from benchmarks.train_bench import METRICS, RESULTS_DIR, bench_data, score, train_and_export
+from benchmarks.train_bench import (
+    METRICS,
+    RESULTS_DIR,
+    bench_data,
+    print_table,
+    score,
+    train_and_export,
+    write_report,
+)
 from data import synth
 from trainer.config import MODEL_SIZES, TrainConfig
 from trainer.distill import SERVING_SUBDIR, teacher_dir
@@ -123,18 +130,14 @@ def main() -> None:
     header = ("model", "seed", "steps", "step ms", "train s", *METRICS, "distill loss")
     print(f"\n{machine.summary(machine.describe())}; student budget {args.budget_s:.0f} s; "
           f"teacher {teacher}")
-    print(" | ".join(header))
-    for r in rows:
-        print(" | ".join(str(v) for v in (
-            r["model"], r["seed"], r["steps"], r["step_ms"], r["train_seconds"],
-            *(f"{r[m]:.3f}" for m in METRICS),
-            "" if r["final_distill_loss"] is None else f"{r['final_distill_loss']:.4f}")))
-    report = {"machine": machine.describe(), "dataset": run_config.data.synthetic.key,
-              "budget_s": args.budget_s, "teacher": teacher, "train_config": hparams,
-              "results": rows}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print_table(header, [
+        (r["model"], r["seed"], r["steps"], r["step_ms"], r["train_seconds"],
+         *(f"{r[m]:.3f}" for m in METRICS),
+         "" if r["final_distill_loss"] is None else f"{r['final_distill_loss']:.4f}")
+        for r in rows])
+    write_report({"machine": machine.describe(), "dataset": run_config.data.synthetic.key,
+                  "budget_s": args.budget_s, "teacher": teacher, "train_config": hparams,
+                  "results": rows}, args.out)
 
 
 if __name__ == "__main__":
