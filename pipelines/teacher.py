@@ -34,8 +34,9 @@ class LatestModelOfSizeStrategy(resolver.ResolverStrategy):
     ``trainer.executor``) match a model size, input size and class list.
 
     None yet resolves to an empty list rather than failing the resolver (as
-    ``LatestIfAnyStrategy`` does for a first run): the Trainer, whose ``base_model`` is
-    optional, then fails before training with a message saying how to train a teacher.
+    ``LatestIfAnyStrategy`` does for a first run), which would say nothing useful:
+    ``sightline run`` checks first (``check_teacher``), and the Trainer, whose
+    ``base_model`` is optional, fails before training; both say how to train a teacher.
     """
 
     def __init__(self, model_size: str, input_size: int, class_names: Sequence[str]):
