@@ -8,12 +8,14 @@ import json
 import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as pb
+from rich.console import Console
 from tfx.dsl.compiler import compiler
 from tfx.dsl.components.common import importer as importer_lib
 from tfx.dsl.components.common import resolver as resolver_lib
 from tfx.types import standard_artifacts
 
 from pipelines import configs, kubeflow_runner, local_runner, teacher
+from pipelines.reports import runs
 from pipelines.teacher import LatestModelOfSizeStrategy
 from trainer.executor import record_hparams
 
@@ -147,3 +149,36 @@ def test_a_run_without_a_recorded_teacher_stops_before_any_component(tmp_path):
     _store_with_models([{**small, "model_size": "medium"}], store=store)
     teacher.check_teacher(pipeline, store)  # found: the run goes ahead
     teacher.check_teacher(_build(tmp_path), store)  # no teacher: nothing to check
+
+
+@pytest.mark.slow
+def test_a_teacher_trained_once_is_reused_and_is_in_the_students_lineage(tmp_path):
+    home, quiet = str(tmp_path), Console(quiet=True)
+    settings = ["edge.enabled=false"]  # the edge branch has nothing to say about teachers
+    student = configs.load("tiny", [*settings, "train.teacher=medium"])
+    with pytest.raises(ValueError, match="sightline run --set train.model_size=medium"):
+        local_runner.run(student, home, quiet)  # none recorded yet: stops before starting
+    local_runner.run(configs.load("tiny", [*settings, "train.model_size=medium"]), home, quiet)
+    local_runner.run(student, home, quiet)
+
+    store = runs.connect(configs.Paths(home, student.pipeline_name).metadata)
+    trainer_types = {t.id for t in store.get_execution_types() if t.name.endswith("Trainer")}
+    first, second = sorted((e for e in store.get_executions() if e.type_id in trainer_types),
+                           key=lambda e: e.id)
+    events = store.get_events_by_execution_ids([first.id, second.id])
+    model_type = store.get_artifact_type("Model").id
+
+    def models(execution: pb.Execution, kind: int) -> list[pb.Artifact]:
+        ids = [e.artifact_id for e in events if e.execution_id == execution.id
+               and e.type == kind]
+        return [a for a in store.get_artifacts_by_id(ids) if a.type_id == model_type]
+
+    [medium], [small] = models(first, pb.Event.OUTPUT), models(second, pb.Event.OUTPUT)
+    # The teacher Model is the student Trainer's input: the lineage names the teacher.
+    assert [a.id for a in models(second, pb.Event.INPUT)] == [medium.id]
+    assert medium.custom_properties["hparam_model_size"].string_value == "medium"
+    recorded = small.custom_properties
+    assert recorded["hparam_model_size"].string_value == "small"
+    assert recorded["hparam_teacher"].string_value == "medium"
+    assert recorded["hparam_teacher_uri"].string_value.startswith(medium.uri)
+    assert recorded["hparam_final_distill_loss"].double_value > 0
