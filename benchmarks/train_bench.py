@@ -337,13 +337,23 @@ def run_profile(run_config: configs.RunConfig, splits: dict[str, str], sizes: li
                          "ms_per_batch": profile_step(config, splits["train"])})
     stages = list(rows[0]["ms_per_batch"])
     print(f"\n{machine.summary(host)}; ms per batch (wall / CPU), each stage alone")
-    print(" | ".join(("size", "precision", "batch", *stages)))
-    for r in rows:
-        print(" | ".join(str(v) for v in (
-            r["model_size"], r["precision"], r["batch_size"],
-            *(f"{t['wall_ms']} / {t['cpu_ms']}" for t in r["ms_per_batch"].values()))))
+    print_table(("size", "precision", "batch", *stages), [
+        (r["model_size"], r["precision"], r["batch_size"],
+         *(f"{t['wall_ms']} / {t['cpu_ms']}" for t in r["ms_per_batch"].values()))
+        for r in rows])
+    write_report({"machine": host, "results": rows}, out)
+
+
+def print_table(header: Iterable[str], rows: Iterable[Iterable]) -> None:
+    """A header line and a line per row, cells separated by " | "."""
+    for cells in (header, *rows):
+        print(" | ".join(str(v) for v in cells))
+
+
+def write_report(report: dict, out: str) -> None:
+    """Writes ``report`` as JSON to ``out`` (its folder made) and says where."""
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(out).write_text(json.dumps({"machine": host, "results": rows}, indent=2))
+    pathlib.Path(out).write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 
 
@@ -382,19 +392,14 @@ def main() -> None:
     peak_text = ", ".join(f"{p} {peak:.1f}" for p, peak in peaks.items())
     print(f"\n{machine.summary(host)}; matmul peak GFLOP/s: {peak_text}; "
           f"data: {synthetic.key}")
-    print(" | ".join(header))
-    for r in rows:
-        print(" | ".join(str(v) for v in (
-            r["model_size"], r["precision"], r["params"], r["input_size"], r["steps"],
-            r["step_ms"], r["train_images_per_s"], r["gflops_per_image"],
-            f"{100 * r['matmul_fraction']:.0f}%", r["train_seconds"],
-            *(f"{r[m]:.3f}" for m in (*METRICS, *agnostic)))))
-    report = {"machine": host,
-              "dataset": synthetic.key, "train_config": dict(run_config.train.hparams),
-              "results": rows}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print_table(header, [
+        (r["model_size"], r["precision"], r["params"], r["input_size"], r["steps"],
+         r["step_ms"], r["train_images_per_s"], r["gflops_per_image"],
+         f"{100 * r['matmul_fraction']:.0f}%", r["train_seconds"],
+         *(f"{r[m]:.3f}" for m in (*METRICS, *agnostic)))
+        for r in rows])
+    write_report({"machine": host, "dataset": synthetic.key,
+                  "train_config": dict(run_config.train.hparams), "results": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 
 from pipelines import configs
 from pipelines.pipeline import create_pipeline
+from trainer.config import is_teacher_path
 
 DEFAULT_IMAGE = "ghcr.io/sightline/sightline:latest"
 # Where the Dockerfile puts the source (installed editable): Beam stages in the image
@@ -57,6 +58,12 @@ def compile_pipeline(
             f"pipeline name {config.pipeline_name!r} is not a valid Kubeflow name: use lower-case "
             "letters, digits and '-', starting with a letter or digit (no underscores)"
         )
+    teacher = config.train.hparams.get("teacher") or ""
+    if teacher and not is_teacher_path(teacher):
+        raise ValueError(
+            f"train.teacher={teacher!r} is resolved from ML Metadata by a custom resolver "
+            "strategy, and the Kubeflow compiler accepts only TFX's own: give the teacher's "
+            "export instead, e.g. train.teacher=gs://bucket/.../Trainer/model/<id>")
     from schemas.curate import class_names  # imports TFDV: only when building the DAG
 
     pipeline = create_pipeline(

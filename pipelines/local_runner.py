@@ -16,7 +16,7 @@ from tfx.dsl.compiler import compiler
 from tfx.proto.orchestration import pipeline_pb2
 
 from components import versions
-from pipelines import configs, metadata_store, run_control, run_record
+from pipelines import configs, metadata_store, run_control, run_record, teacher
 from pipelines.console import component_progress
 from pipelines.pipeline import create_pipeline
 
@@ -79,14 +79,16 @@ def run(config: configs.RunConfig, home: str, console: Console,
     paths = configs.Paths(home, config.pipeline_name)
     connection = metadata_store.connection_config(config.metadata, home)
     with run_control.holding(paths, lock) as held:
-        metadata_store.open_store(connection)  # checked, schema created, before any work
+        store = metadata_store.open_store(connection)  # checked, schema created, first
         if metadata_store.is_shared(connection):
             console.print(f"ML Metadata: {metadata_store.describe(connection)}")
         for directory in (paths.serving_model_dir, paths.edge_bundle_dir):
             for stage in versions.discard_stages(directory):  # a killed push's; never served
                 console.print(f"Removed an unfinished push: {os.path.join(directory, stage)}")
         data_root = ensure_data(config, paths, console)
-        ir = compiler.Compiler().compile(build(config, paths, data_root))
+        pipeline = build(config, paths, data_root)
+        teacher.check_teacher(pipeline, store)  # train.teacher=<size>: one is recorded
+        ir = compiler.Compiler().compile(pipeline)
         return run_ir(ir, connection, data_root, held, console, labels)
 
 

@@ -22,6 +22,7 @@ from components.edge_optimizer import EdgeOptimizer
 from components.edge_pusher import EdgePusher
 from components.model_pusher import ModelPusher
 from data import feature_spec as fs
+from pipelines import teacher as teacher_lib
 from pipelines.settings import (
     BeamSettings,
     DataSettings,
@@ -61,6 +62,7 @@ class _ModelStage(NamedTuple):
     baseline_resolver: tfx.dsl.Resolver
     evaluator: tfx.components.Evaluator
     pusher: ModelPusher
+    teacher: Any  # train.teacher's Resolver or Importer; None without a teacher
 
 
 def create_pipeline(
@@ -95,7 +97,7 @@ def create_pipeline(
     """
     data_stage = _data_components(data_root, data, drift, previous_span_strategy)
     model_stage = _model_components(data_stage, class_names, train, gates, serving_model_dir)
-    components = [*data_stage, *model_stage]
+    components = [c for c in (*data_stage, *model_stage) if c is not None]
     if edge.enabled:
         if not edge_bundle_dir:
             raise ValueError("edge.enabled needs an edge_bundle_dir to push bundles to")
@@ -160,6 +162,9 @@ def _data_components(data_root: str, data: DataSettings, drift: DriftSettings,
 def _model_components(data: _DataStage, class_names: Sequence[str], train: TrainSettings,
                       gates: GateSettings, serving_model_dir: str) -> _ModelStage:
     examples = data.example_gen.outputs["examples"]
+    # train.teacher: the latest Model of that size in MLMD, or the export at that path, as
+    # the Trainer's base_model, so the student's lineage records its teacher.
+    teacher = teacher_lib.teacher_node(dict(train.hparams), class_names)
     # Train the detector, export the serving signatures, record its hparams in MLMD.
     trainer = Trainer(
         run_fn=train.run_fn,
@@ -168,6 +173,7 @@ def _model_components(data: _DataStage, class_names: Sequence[str], train: Train
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={**train.hparams, "class_names": list(class_names)},
+        base_model=teacher_lib.teacher_channel(teacher) if teacher else None,
     )
     trainer.add_upstream_node(data.anomaly_gate)
     # The latest blessed model, the baseline a candidate must not regress against.
@@ -195,7 +201,7 @@ def _model_components(data: _DataStage, class_names: Sequence[str], train: Train
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),
     ).with_id("Pusher")
-    return _ModelStage(trainer, baseline_resolver, evaluator, pusher)
+    return _ModelStage(trainer, baseline_resolver, evaluator, pusher, teacher)
 
 
 def _edge_components(edge: EdgeSettings, edge_bundle_dir: str, min_slice_images: int,

@@ -10,6 +10,7 @@ Nothing here imports TensorFlow or TFX: parsing a config must stay cheap.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,6 +146,21 @@ class DriftSettings:
         _require(problems, "drift")
 
 
+def _teacher_path_problems(teacher: str) -> list[str]:
+    """A local ``train.teacher`` path must hold an export now, not when the Trainer starts;
+    remote URIs (gs://...) are checked by the Trainer."""
+    from trainer.config import is_teacher_path
+
+    if not is_teacher_path(teacher) or "://" in teacher:
+        return []
+    if any(os.path.isfile(os.path.join(teacher, *sub, "saved_model.pb"))
+           for sub in ((), ("Format-Serving",))):
+        return []
+    return [f"teacher={teacher!r}: no saved_model.pb there or in its Format-Serving; give a "
+            "Trainer Model folder, its Format-Serving or a pushed version folder, or a model "
+            "size (e.g. medium) for the latest such Model in ML Metadata"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """The Trainer: its ``run_fn`` and that run_fn's hyperparameters (``custom_config``).
@@ -161,7 +177,8 @@ class TrainSettings:
             from trainer.config import TrainConfig  # dataclasses only: no TensorFlow
 
             # class_names come from the schema at pipeline build time; a placeholder here.
-            TrainConfig.from_dict({"class_names": ["placeholder"], **self.hparams})
+            config = TrainConfig.from_dict({"class_names": ["placeholder"], **self.hparams})
+            _require(_teacher_path_problems(config.teacher), "train")
 
     @staticmethod
     def known_hparams() -> tuple[str, ...]:

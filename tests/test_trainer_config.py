@@ -43,3 +43,22 @@ def test_class_names_are_required():
 def test_bad_values_are_rejected_with_the_field_name(override, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict({"class_names": ["a"], **override})
+
+
+@pytest.mark.parametrize("teacher", ["", "medium", "small", "./teacher",
+                                     "/srv/models/sightline/1733", "gs://bucket/teacher"])
+def test_a_teacher_is_off_a_model_size_or_a_path(teacher):
+    config = TrainConfig.from_dict({"class_names": ["a"], "teacher": teacher})
+    assert config.teacher == teacher and config.distill_weight == 1.0
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"teacher": "mediun"}, "teacher='mediun' \\(did you mean 'medium'\\?\\); use a model size"),
+    ({"teacher": "teacher_dir"}, "or an exported model's path"),
+    ({"teacher": 3}, "teacher=3"),
+    ({"teacher": "medium", "distill_weight": 0}, "distill_weight=0.0; must be > 0"),
+])
+def test_a_bad_teacher_is_rejected_with_a_fix(override, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({"class_names": ["a"], **override})

@@ -11,11 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from typing import Any
 
 MODEL_SIZES = ("small", "medium")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def is_teacher_path(teacher: str) -> bool:
+    """A ``teacher`` naming an export (a path or URI), not a model size to resolve."""
+    return "/" in teacher or os.sep in teacher
+
+
+def _teacher_problems(teacher: Any) -> list[str]:
+    if not isinstance(teacher, str):
+        return [f"teacher={teacher!r}; use a model size {MODEL_SIZES} or an export's path"]
+    if not teacher or teacher in MODEL_SIZES or is_teacher_path(teacher):
+        return []
+    close = difflib.get_close_matches(teacher, MODEL_SIZES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return [f"teacher={teacher!r}{hint}; use a model size {MODEL_SIZES} (the latest such Model "
+            "in ML Metadata) or an exported model's path (e.g. ./teacher or gs://b/teacher)"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +62,16 @@ class TrainConfig:
     # (AMX or AVX-512 BF16), float32 elsewhere; weights, heads, losses and export stay
     # float32 either way.
     precision: str = "auto"
+    # Knowledge distillation (docs/training.md#distillation): "" trains on the ground
+    # truth alone; a model size ("medium") distils from the latest Model of that size
+    # recorded in ML Metadata (the DAG resolves it); a path distils from that export (a
+    # Trainer's Format-Serving dir or a pushed version dir). The teacher runs frozen.
+    teacher: str = ""
+    # Weight of the distillation terms (trainer/distill.py) next to the ground-truth loss,
+    # whose weight stays 1. 1.0 weighs teacher and ground truth equally, the 50/50 mix of
+    # hard and soft targets that heatmap distillation (Zhang et al. 2019, Fast Pose
+    # Distillation, alpha=0.5) and detector distillation (Chen et al. 2017, mu=0.5) use.
+    distill_weight: float = 1.0
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON; a tuple keeps the config hashable and immutable.
@@ -73,6 +100,10 @@ class TrainConfig:
         if not 0 <= self.repeat_factor_threshold <= 1:
             problems.append(f"repeat_factor_threshold={self.repeat_factor_threshold}; use 0 "
                             "(off) up to 1")
+        problems += _teacher_problems(self.teacher)
+        if self.distill_weight <= 0:
+            problems.append(f"distill_weight={self.distill_weight}; must be > 0 (leave teacher "
+                            "empty to train without one)")
         if problems:
             raise ValueError("Invalid TrainConfig: " + "; ".join(problems))
 

@@ -15,7 +15,7 @@ from trainer.targets import MASK
 # CenterNet's weights: sizes are in grid cells (up to tens), offsets in [0, 1).
 SIZE_WEIGHT = 0.1
 OFFSET_WEIGHT = 1.0
-_EPS = 1e-4  # CenterNet clamps the sigmoid to [1e-4, 1 - 1e-4] before the logs
+PROB_EPS = 1e-4  # CenterNet clamps the sigmoid to [1e-4, 1 - 1e-4] before the logs
 
 
 def focal_loss(target: tf.Tensor, pred: tf.Tensor, alpha: float = 2.0,
@@ -29,7 +29,7 @@ def focal_loss(target: tf.Tensor, pred: tf.Tensor, alpha: float = 2.0,
       Scalar loss; with no objects, the negative term alone (divided by 1).
     """
     target = tf.cast(target, tf.float32)
-    pred = tf.clip_by_value(tf.cast(pred, tf.float32), _EPS, 1.0 - _EPS)
+    pred = tf.clip_by_value(tf.cast(pred, tf.float32), PROB_EPS, 1.0 - PROB_EPS)
     positive = tf.cast(tf.equal(target, 1.0), tf.float32)
     pos_loss = tf.math.log(pred) * (1.0 - pred) ** alpha * positive
     neg_loss = tf.math.log(1.0 - pred) * pred**alpha * (1.0 - target) ** beta * (1.0 - positive)

@@ -14,6 +14,7 @@ import tempfile
 from tfx import v1 as tfx
 
 from trainer.config import TrainConfig
+from trainer.distill import teacher_dir
 from trainer.export import export_saved_model
 from trainer.train import is_chief, train
 
@@ -23,13 +24,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     The budget is ``custom_config["epochs"]``, or ``time_budget_s`` seconds when set;
     ``fn_args.train_steps``/``eval_steps`` are honoured only when set to a positive number.
+    With ``teacher`` set, the teacher is ``fn_args.base_model`` (the DAG's resolved or
+    imported Model, so lineage records it), else ``teacher`` read as a path.
     """
-    # --- config ----------------------------------------------------------------------
+    # --- config and teacher (before any training: a missing teacher fails here) ---------
     config = TrainConfig.from_dict(dict(fn_args.custom_config or {}))
+    teacher = teacher_dir(config.teacher, fn_args.base_model)
 
     # --- train -----------------------------------------------------------------------
     result = train(config, fn_args.train_files, fn_args.eval_files, fn_args.model_run_dir,
-                   train_steps=fn_args.train_steps, eval_steps=fn_args.eval_steps)
+                   train_steps=fn_args.train_steps, eval_steps=fn_args.eval_steps,
+                   teacher_dir=teacher)
 
     # --- export (non-chief workers take part in the save but write to a scratch dir) ----
     hparams = {**config.to_dict(), **result.records()}

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from trainer import distill
 from trainer.config import TrainConfig
 from trainer.hardware import cpu_flags, resolve_precision
 from trainer.input import count_examples, make_dataset
@@ -61,27 +62,50 @@ class TrainResult:
     step_seconds: float  # mean wall time of steps MEASURE_STEPS (0 if training was shorter)
     train_seconds: float
     precision: str  # float32 or bfloat16: what "auto" resolved to
+    teacher_uri: str | None = None  # the export distilled from
+    final_distill_loss: float | None = None  # its distillation terms (before the weight)
 
     def records(self) -> dict[str, float | int | str]:
         """What ``hparams.json`` (and so the Model artifact in MLMD) records of the run."""
-        return {"final_train_loss": self.final_train_loss,
-                "final_eval_loss": self.final_eval_loss, "train_steps": self.steps,
-                "step_seconds": round(self.step_seconds, 4),
-                "train_seconds": round(self.train_seconds, 1),
-                "compute_precision": self.precision}
+        records = {"final_train_loss": self.final_train_loss,
+                   "final_eval_loss": self.final_eval_loss, "train_steps": self.steps,
+                   "step_seconds": round(self.step_seconds, 4),
+                   "train_seconds": round(self.train_seconds, 1),
+                   "compute_precision": self.precision}
+        if self.teacher_uri:
+            records.update(teacher_uri=self.teacher_uri,
+                           final_distill_loss=self.final_distill_loss)
+        return records
+
+
+class _Untracked:
+    """Holds the frozen teacher out of Keras's tracking, so out of the trainer's weights,
+    epoch checkpoints and backups: it is loaded again, never trained."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
 
 
 class CenterNetTrainer(keras.Model):
     """Adds CenterNet's loss to a functional detector for ``fit``/``evaluate``.
 
+    With a ``teacher``, each training step also runs it (frozen, inference mode) on the
+    same augmented batch and adds ``distill_weight`` x its distillation terms
+    (``trainer.distill``) to the loss. Validation reports the ground-truth terms alone, so
+    ``val_loss`` compares with runs without a teacher.
+
     The steps are ``do_not_convert``: autograph would otherwise transpile tf_keras's own
     layer code (it is not on autograph's skip list), which took ~45 s per traced step.
     """
 
-    def __init__(self, detector: keras.Model):
+    def __init__(self, detector: keras.Model, teacher: keras.Model | None = None,
+                 distill_weight: float = 1.0):
         super().__init__(name="centernet_trainer")
         self.detector = detector
-        self._trackers = {name: keras.metrics.Mean(name) for name in LOSS_NAMES}
+        self._teacher = _Untracked(teacher) if teacher is not None else None
+        self._distill_weight = distill_weight
+        names = LOSS_NAMES + (distill.DISTILL_NAMES if teacher is not None else ())
+        self._trackers = {name: keras.metrics.Mean(name) for name in names}
 
     def call(self, images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
         return self.detector(images, training=training)
@@ -91,15 +115,27 @@ class CenterNetTrainer(keras.Model):
         return list(self._trackers.values())
 
     def _record(self, terms: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        for name, tracker in self._trackers.items():
+        """Updates the trackers of ``terms``; returns their running means."""
+        trackers = {name: t for name, t in self._trackers.items() if name in terms}
+        for name, tracker in trackers.items():
             tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        return {name: tracker.result() for name, tracker in trackers.items()}
+
+    def _train_loss(self, images: tf.Tensor, targets: dict[str, tf.Tensor],
+                    outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        terms = detection_loss(targets, outputs)
+        if self._teacher is None:
+            return terms
+        soft = distill.distillation_loss(
+            distill.teacher_outputs(self._teacher.model, images), outputs, targets)
+        return {**terms, **soft,
+                "loss": terms["loss"] + self._distill_weight * soft["distill_loss"]}
 
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         images, targets = data
         with tf.GradientTape() as tape:
-            terms = detection_loss(targets, self.detector(images, training=True))
+            terms = self._train_loss(images, targets, self.detector(images, training=True))
             # The optimizer sums gradients over replicas; divide so the step is the mean.
             scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.detector.trainable_variables
@@ -310,14 +346,17 @@ def _float32_copy(detector: keras.Model, config: TrainConfig) -> keras.Model:
 
 
 def train(config: TrainConfig, train_files: list[str], eval_files: list[str], run_dir: str,
-          train_steps: int | None = None, eval_steps: int | None = None) -> TrainResult:
+          train_steps: int | None = None, eval_steps: int | None = None,
+          teacher_dir: str | None = None) -> TrainResult:
     """Trains a detector for ``config.epochs`` epochs (or ``train_steps`` total if set), or
-    for as many steps as ``config.time_budget_s`` allows.
+    for as many steps as ``config.time_budget_s`` allows; with ``config.teacher``, distils.
 
     Args:
       train_files, eval_files: GZIP TFRecord glob patterns (TFX split URIs).
       run_dir: TensorBoard logs, per-epoch checkpoints and the BackupAndRestore state,
         so a killed run resumes from its last backup (every BACKUP_EVERY_STEPS steps).
+      teacher_dir: the teacher's export (``distill.teacher_dir``); by default
+        ``config.teacher`` read as a path. Loading it counts against the time budget.
     Returns:
       The trained detector (float32), the final train/eval losses, what the run took.
     """
@@ -328,6 +367,7 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
     # Before any op runs: MultiWorkerMirroredStrategy configures collectives at startup.
     strategy = make_strategy(config.strategy)
     precision = resolve_precision(config.precision, cpu_flags())
+    teacher_dir = teacher_dir or distill.teacher_dir(config.teacher, None)
 
     # --- data -----------------------------------------------------------------------
     steps_per_epoch, warmup_steps = plan_steps(config, count_examples(train_files), train_steps)
@@ -344,7 +384,12 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
     with precision_policy(precision):
         with strategy.scope():
             detector = build_model(config.model_size, config.input_size, config.num_classes)
-            trainer = CenterNetTrainer(detector)
+            # Same policy as the student: bf16 compute where it is native, float32 outputs.
+            teacher = distill.load_teacher(teacher_dir, config) if teacher_dir else None
+            if teacher is not None:
+                logging.info("Distilling from %s (%s, weight %g)", teacher_dir, teacher.name,
+                             config.distill_weight)
+            trainer = CenterNetTrainer(detector, teacher, config.distill_weight)
             # Without a plan yet (a budget), the provisional length is all warmup.
             schedule = WarmupCosine(config.learning_rate, plan.total_steps or warmup_steps,
                                     warmup_steps)
@@ -387,6 +432,9 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
         step_seconds=budget.step_seconds,
         train_seconds=time.perf_counter() - started,
         precision=precision,
+        teacher_uri=teacher_dir,
+        final_distill_loss=(float(history.history["distill_loss"][-1]) if teacher_dir
+                            else None),
     )
 
 
