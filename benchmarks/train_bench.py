@@ -14,7 +14,8 @@ Evaluator uses. Prints a table and writes ``benchmarks/results/train_bench.json`
 
 * ``train_images_per_s``: training images (steps x batch) over the whole ``train()`` wall
   time (tracing and periodic validation included, so it is what a budget is planned with);
-  ``step_ms``: the Trainer's own timing of steps 5-25 (what ``time_budget_s`` plans with);
+  ``step_ms``: the Trainer's own timing of steps 5-25 of the second epoch (the first's, for a
+  run of one epoch): what ``time_budget_s`` plans with;
 * ``gflops_per_image``: forward-pass FLOPs (x2 MACs) at the input size, from TF's profiler;
 * ``matmul_fraction``: 3 x forward FLOPs (forward + backward) x images/s over this CPU's
   measured matmul throughput in the row's precision: how much of the machine training uses.

@@ -36,13 +36,17 @@ class _Clock:
 
 
 def _run_steps(callback: train.StepBudget, steps: int, seconds_per_step: float,
-               clock: _Clock) -> types.SimpleNamespace:
+               clock: _Clock, first_epoch: tuple[int, float] | None = None
+               ) -> types.SimpleNamespace:
+    """Runs ``steps`` at ``seconds_per_step``, or the first ``first_epoch[0]`` steps at
+    ``first_epoch[1]`` (the epoch that also fills the decoded-image cache)."""
     model = types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=tf.Variable(0)),
                                   stop_training=False)
     callback.set_model(model)
     callback.on_train_begin()
     for step in range(1, steps + 1):
-        clock.now += seconds_per_step
+        slow = first_epoch is not None and step <= first_epoch[0]
+        clock.now += first_epoch[1] if slow else seconds_per_step
         model.optimizer.iterations.assign(step)
         callback.on_train_batch_end(step - 1)
         if model.stop_training:
@@ -56,11 +60,12 @@ def test_budget_fixes_the_length_and_the_schedule_ends_at_zero_there(monkeypatch
     schedule = WarmupCosine(0.01, total_steps=30, warmup_steps=30)
     plan = train.Plan(steps_per_epoch=40, total_steps=None, validation_epochs=[])
     planned = tf.Variable(0, dtype=tf.int64)
-    # Deadline 120 s after the clock's start; step 25 is reached at 1002.5 s.
+    # Deadline 120 s after the clock's start; planned at step 25 (2.5 s), then again at
+    # the second epoch's step 25, global step 65 (6.5 s).
     callback = train.StepBudget(plan, schedule, planned, deadline=clock.now + 120.0,
                                 eval_batches=6)
     model = _run_steps(callback, 10_000, 0.1, clock)
-    expected = train.budget_steps(25, 0.1, 120.0 - 2.5, 6)
+    expected = train.budget_steps(65, 0.1, 120.0 - 6.5, 6)
     assert callback.step_seconds == pytest.approx(0.1)
     assert plan.total_steps == schedule.total_steps == int(planned.numpy()) == expected
     assert model.stop_training and int(model.optimizer.iterations.numpy()) == expected
@@ -71,6 +76,29 @@ def test_budget_fixes_the_length_and_the_schedule_ends_at_zero_there(monkeypatch
     epochs = math.ceil(expected / 40)
     assert plan.epochs == epochs and plan.validation_epochs[-1] == epochs
     assert len(plan.validation_epochs) <= train.NUM_VALIDATIONS
+
+
+def test_the_plan_is_made_again_from_the_second_epochs_steps(monkeypatch):
+    # The first epoch runs at 0.15 s/step (it also decodes), the rest at 0.1 s: the plan
+    # made at step 25 is too short; the one made at step 40 + 25 uses the 0.1 s steps.
+    clock = _Clock()
+    monkeypatch.setattr(train.time, "perf_counter", clock)
+    schedule = WarmupCosine(0.01, total_steps=40, warmup_steps=40)
+    plan = train.Plan(steps_per_epoch=40, total_steps=None, validation_epochs=[])
+    planned = tf.Variable(0, dtype=tf.int64)
+    callback = train.StepBudget(plan, schedule, planned, deadline=clock.now + 120.0,
+                                eval_batches=6)
+    model = _run_steps(callback, 10_000, 0.1, clock, first_epoch=(40, 0.15))
+    first_plan = train.budget_steps(25, 0.15, 120.0 - 25 * 0.15, 6)
+    seconds_at_65 = 40 * 0.15 + 25 * 0.1
+    expected = train.budget_steps(65, 0.1, 120.0 - seconds_at_65, 6)
+    assert expected > first_plan
+    assert callback.step_seconds == pytest.approx(0.1)
+    assert plan.total_steps == schedule.total_steps == int(planned.numpy()) == expected
+    assert int(model.optimizer.iterations.numpy()) == expected
+    assert schedule.warmup_steps == 40
+    assert float(schedule(expected)) == pytest.approx(0.0, abs=1e-9)
+    assert plan.validation_epochs[-1] == math.ceil(expected / 40)
 
 
 def test_a_resumed_budgeted_run_keeps_its_plan(monkeypatch):

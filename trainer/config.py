@@ -56,7 +56,8 @@ class TrainConfig:
     repeat_factor_threshold: float = 0.0
     # Seconds the whole Trainer may take (training, validation, export); 0 turns it off
     # and trains ``epochs`` epochs. When set, ``epochs`` is ignored: the Trainer times its
-    # steps 5-25 and fixes the number of steps (and the LR schedule's length) that fits.
+    # steps 5-25 of the first two epochs and fixes the number of steps (and the LR
+    # schedule's length) that fits.
     time_budget_s: float = 0.0
     # Compute precision: "auto" is Keras mixed_bfloat16 where the CPU does bf16 natively
     # (AMX or AVX-512 BF16), float32 elsewhere; weights, heads, losses and export stay
