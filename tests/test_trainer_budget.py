@@ -54,17 +54,25 @@ def _run_steps(callback: train.StepBudget, steps: int, seconds_per_step: float,
     return model
 
 
-def test_budget_fixes_the_length_and_the_schedule_ends_at_zero_there(monkeypatch):
+def _budgeted_run(monkeypatch, warmup: int, first_epoch: tuple[int, float] | None = None
+                  ) -> tuple[train.StepBudget, WarmupCosine, train.Plan, tf.Variable, object]:
+    """Epochs of 40 steps at 0.1 s (``first_epoch`` aside) until a 120 s deadline, with
+    3 validations of 6 batches."""
     clock = _Clock()
     monkeypatch.setattr(train.time, "perf_counter", clock)
-    schedule = WarmupCosine(0.01, total_steps=30, warmup_steps=30)
+    schedule = WarmupCosine(0.01, total_steps=warmup, warmup_steps=warmup)
     plan = train.Plan(steps_per_epoch=40, total_steps=None, validation_epochs=[])
     planned = tf.Variable(0, dtype=tf.int64)
-    # Deadline 120 s after the clock's start; planned at step 25 (2.5 s), then again at
-    # the second epoch's step 25, global step 65 (6.5 s).
     callback = train.StepBudget(plan, schedule, planned, deadline=clock.now + 120.0,
                                 eval_batches=6)
-    model = _run_steps(callback, 10_000, 0.1, clock)
+    model = _run_steps(callback, 10_000, 0.1, clock, first_epoch)
+    return callback, schedule, plan, planned, model
+
+
+def test_budget_fixes_the_length_and_the_schedule_ends_at_zero_there(monkeypatch):
+    callback, schedule, plan, planned, model = _budgeted_run(monkeypatch, warmup=30)
+    # Planned at step 25 (2.5 s), then again at the second epoch's step 25, global step
+    # 65 (6.5 s).
     expected = train.budget_steps(65, 0.1, 120.0 - 6.5, 6)
     assert callback.step_seconds == pytest.approx(0.1)
     assert plan.total_steps == schedule.total_steps == int(planned.numpy()) == expected
@@ -81,17 +89,10 @@ def test_budget_fixes_the_length_and_the_schedule_ends_at_zero_there(monkeypatch
 def test_the_plan_is_made_again_from_the_second_epochs_steps(monkeypatch):
     # The first epoch runs at 0.15 s/step (it also decodes), the rest at 0.1 s: the plan
     # made at step 25 is too short; the one made at step 40 + 25 uses the 0.1 s steps.
-    clock = _Clock()
-    monkeypatch.setattr(train.time, "perf_counter", clock)
-    schedule = WarmupCosine(0.01, total_steps=40, warmup_steps=40)
-    plan = train.Plan(steps_per_epoch=40, total_steps=None, validation_epochs=[])
-    planned = tf.Variable(0, dtype=tf.int64)
-    callback = train.StepBudget(plan, schedule, planned, deadline=clock.now + 120.0,
-                                eval_batches=6)
-    model = _run_steps(callback, 10_000, 0.1, clock, first_epoch=(40, 0.15))
+    callback, schedule, plan, planned, model = _budgeted_run(monkeypatch, warmup=40,
+                                                             first_epoch=(40, 0.15))
     first_plan = train.budget_steps(25, 0.15, 120.0 - 25 * 0.15, 6)
-    seconds_at_65 = 40 * 0.15 + 25 * 0.1
-    expected = train.budget_steps(65, 0.1, 120.0 - seconds_at_65, 6)
+    expected = train.budget_steps(65, 0.1, 120.0 - (40 * 0.15 + 25 * 0.1), 6)
     assert expected > first_plan
     assert callback.step_seconds == pytest.approx(0.1)
     assert plan.total_steps == schedule.total_steps == int(planned.numpy()) == expected
