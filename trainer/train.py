@@ -357,6 +357,30 @@ def _float32_copy(detector: keras.Model, config: TrainConfig) -> keras.Model:
     return copy
 
 
+def _teacher(teacher_dir: str | None, config: TrainConfig) -> keras.Model | None:
+    """The frozen teacher at ``teacher_dir`` (None without one), logged."""
+    if not teacher_dir:
+        return None
+    teacher = distill.load_teacher(teacher_dir, config)
+    logging.info("Distilling from %s (%s, weight %g)", teacher_dir, teacher.name,
+                 config.distill_weight)
+    return teacher
+
+
+def _callbacks(run_dir: str, budget: StepBudget, plan: Plan) -> list[keras.callbacks.Callback]:
+    """Resume, checkpoints, TensorBoard, a loud NaN, the time budget, progress lines."""
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
+                                         save_freq=BACKUP_EVERY_STEPS),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(run_dir, "checkpoints", "epoch-{epoch:03d}"), save_weights_only=True),
+        keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
+        RaiseOnNaN(),
+        budget,
+        EpochLog(plan),
+    ]
+
+
 def train(config: TrainConfig, train_files: list[str], eval_files: list[str], run_dir: str,
           train_steps: int | None = None, eval_steps: int | None = None,
           teacher_dir: str | None = None) -> TrainResult:
@@ -397,11 +421,8 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
         with strategy.scope():
             detector = build_model(config.model_size, config.input_size, config.num_classes)
             # Same policy as the student: bf16 compute where it is native, float32 outputs.
-            teacher = distill.load_teacher(teacher_dir, config) if teacher_dir else None
-            if teacher is not None:
-                logging.info("Distilling from %s (%s, weight %g)", teacher_dir, teacher.name,
-                             config.distill_weight)
-            trainer = CenterNetTrainer(detector, teacher, config.distill_weight)
+            trainer = CenterNetTrainer(detector, _teacher(teacher_dir, config),
+                                       config.distill_weight)
             # Without a plan yet (a budget), the provisional length is all warmup.
             schedule = WarmupCosine(config.learning_rate, plan.total_steps or warmup_steps,
                                     warmup_steps)
@@ -412,19 +433,6 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
             trainer.schedule_length = list(schedule.length_variables)
         budget = StepBudget(plan, schedule, trainer.planned_steps, deadline, eval_batches or 0)
 
-        # --- callbacks: resume, checkpoints, TensorBoard, loud NaN, budget, progress ------
-        callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
-                                             save_freq=BACKUP_EVERY_STEPS),
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(run_dir, "checkpoints", "epoch-{epoch:03d}"),
-                save_weights_only=True),
-            keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
-            RaiseOnNaN(),
-            budget,
-            EpochLog(plan),
-        ]
-
         # --- fit; validate <= NUM_VALIDATIONS times, always after the last epoch ----------
         history = trainer.fit(
             make_dataset(train_files, config, training=True),
@@ -433,7 +441,7 @@ def train(config: TrainConfig, train_files: list[str], eval_files: list[str], ru
             validation_data=make_dataset(eval_files, config, training=False),
             validation_steps=eval_steps or None,
             validation_freq=plan.validation_epochs,
-            callbacks=callbacks,
+            callbacks=_callbacks(run_dir, budget, plan),
             verbose=2,
         )
     return TrainResult(
