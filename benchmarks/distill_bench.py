@@ -43,8 +43,8 @@ from benchmarks.train_bench import (
     write_report,
 )
 from data import synth
-from trainer.config import MODEL_SIZES, TrainConfig
-from trainer.distill import SERVING_SUBDIR, teacher_dir
+from trainer.config import MODEL_SIZES, SERVING_SUBDIR, TrainConfig
+from trainer.distill import teacher_dir
 from trainer.export import ASSETS_EXTRA, HPARAMS_FILE
 
 DEFAULT_TEACHER_DIR = RESULTS_DIR / "teacher"

@@ -149,12 +149,12 @@ class DriftSettings:
 def _teacher_path_problems(teacher: str) -> list[str]:
     """A local ``train.teacher`` path must hold an export now, not when the Trainer starts;
     remote URIs (gs://...) are checked by the Trainer."""
-    from trainer.config import is_teacher_path
+    from trainer.config import export_candidates, is_teacher_path
 
     if not is_teacher_path(teacher) or "://" in teacher:
         return []
-    if any(os.path.isfile(os.path.join(teacher, *sub, "saved_model.pb"))
-           for sub in ((), ("Format-Serving",))):
+    if any(os.path.isfile(os.path.join(folder, "saved_model.pb"))
+           for folder in export_candidates(teacher)):
         return []
     return [f"teacher={teacher!r}: no saved_model.pb there or in its Format-Serving; give a "
             "Trainer Model folder, its Format-Serving or a pushed version folder, or a model "

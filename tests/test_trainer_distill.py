@@ -14,7 +14,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from tests.trainer_fixture import CLASS_NAMES, make_example, write_split
 from trainer import distill
-from trainer.config import TrainConfig
+from trainer.config import SERVING_SUBDIR, TrainConfig
 from trainer.export import ASSETS_EXTRA, HPARAMS_FILE, export_saved_model, load_detector
 from trainer.input import make_dataset
 from trainer.losses import focal_loss
@@ -143,7 +143,7 @@ def test_fit_reports_the_distill_terms_and_leaves_the_teacher_as_it_was(data):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> str:
     """An untrained `small` detector exported like a Trainer's model (32 px, 2 classes)."""
-    export_dir = str(tmp_path_factory.mktemp("teacher") / distill.SERVING_SUBDIR)
+    export_dir = str(tmp_path_factory.mktemp("teacher") / SERVING_SUBDIR)
     config = TrainConfig(class_names=tuple(CLASS_NAMES), input_size=INPUT_SIZE)
     keras.utils.set_random_seed(3)
     export_saved_model(build_model("small", INPUT_SIZE, 2), export_dir, INPUT_SIZE, 10,

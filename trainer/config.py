@@ -19,9 +19,18 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+SERVING_SUBDIR = "Format-Serving"  # a Trainer Model artifact's export folder
+
+
 def is_teacher_path(teacher: str) -> bool:
     """A ``teacher`` naming an export (a path or URI), not a model size to resolve."""
     return "/" in teacher or os.sep in teacher
+
+
+def export_candidates(path: str) -> list[str]:
+    """Where an export named by ``path`` may hold its saved_model.pb: the folder itself (an
+    export, a pushed version) or its ``Format-Serving`` (a Trainer's Model folder)."""
+    return [path, os.path.join(path, SERVING_SUBDIR)]
 
 
 def _teacher_problems(teacher: Any) -> list[str]:

@@ -22,7 +22,7 @@ import os
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import MODEL_SIZES, TrainConfig
+from trainer.config import MODEL_SIZES, TrainConfig, export_candidates
 from trainer.export import ASSETS_EXTRA, HPARAMS_FILE, load_detector
 from trainer.losses import OFFSET_WEIGHT, PROB_EPS, SIZE_WEIGHT, masked_l1
 from trainer.model import HEATMAP, OFFSET, SIZE
@@ -34,7 +34,6 @@ QFL_BETA = 2.0  # GFL's beta
 BOX_THRESHOLD = 0.3
 DISTILL_NAMES = ("distill_loss", "heatmap_distill_loss", "size_distill_loss",
                  "offset_distill_loss")
-SERVING_SUBDIR = "Format-Serving"  # a Trainer Model artifact's export folder
 
 
 def soft_focal_loss(teacher: tf.Tensor, student: tf.Tensor, num_objects: tf.Tensor
@@ -104,7 +103,7 @@ def teacher_dir(teacher: str, base_model: str | None) -> str | None:
     elif teacher in MODEL_SIZES:
         raise ValueError(missing_teacher_message(teacher))
     else:
-        candidates = [teacher, os.path.join(teacher, SERVING_SUBDIR)]
+        candidates = export_candidates(teacher)
     for candidate in candidates:
         if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
             return candidate
