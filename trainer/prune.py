@@ -55,19 +55,23 @@ def pruned_layer_names(detector: keras.Model) -> list[str]:
             and layer.kernel.shape.num_elements() >= MIN_PRUNED_WEIGHTS]
 
 
+def _conv_kernels(detector: keras.Model, layer_names: list[str] | None) -> dict[str, np.ndarray]:
+    """{conv name: its kernel} for those convs, every conv by default."""
+    return {layer.name: layer.kernel.numpy() for layer in detector.layers
+            if isinstance(layer, keras.layers.Conv2D)
+            and (layer_names is None or layer.name in layer_names)}
+
+
 def kernel_sparsity(detector: keras.Model, layer_names: list[str] | None = None
                     ) -> dict[str, float]:
     """{conv name: share of its kernel that is exactly 0}; every conv by default."""
-    convs = [layer for layer in detector.layers if isinstance(layer, keras.layers.Conv2D)]
-    return {layer.name: float(np.mean(layer.kernel.numpy() == 0)) for layer in convs
-            if layer_names is None or layer.name in layer_names}
+    return {name: float(np.mean(kernel == 0))
+            for name, kernel in _conv_kernels(detector, layer_names).items()}
 
 
 def overall_sparsity(detector: keras.Model, layer_names: list[str] | None = None) -> float:
     """Zero weights over all weights of those convs' kernels (every conv by default)."""
-    kernels = [layer.kernel.numpy() for layer in detector.layers
-               if isinstance(layer, keras.layers.Conv2D)
-               and (layer_names is None or layer.name in layer_names)]
+    kernels = _conv_kernels(detector, layer_names).values()
     return float(sum(np.sum(k == 0) for k in kernels) / sum(k.size for k in kernels))
 
 
