@@ -33,15 +33,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import machine
-from benchmarks.train_bench import (
-    METRICS,
-    RESULTS_DIR,
-    bench_data,
-    print_table,
-    score,
-    train_and_export,
-    write_report,
-)
+from benchmarks.report import print_table, write_report
+from benchmarks.train_bench import METRICS, RESULTS_DIR, bench_data, score, train_and_export
 from data import synth
 from trainer.config import MODEL_SIZES, SERVING_SUBDIR, TrainConfig
 from trainer.distill import teacher_dir

@@ -48,6 +48,7 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from benchmarks import machine
+from benchmarks.report import write_report
 from benchmarks.train_bench import bench_data, train_and_export
 from components.coco_eval import results
 from components.coco_eval.offline import example_features, read_examples
@@ -322,7 +323,7 @@ def main() -> None:
                       **profile(args, serving_dir, examples, work)}
             print(f"\n{machine.summary(host)}")
             _print_profile(report)
-            _write(report, args.out or str(RESULTS_DIR / "edge_profile.json"))
+            write_report(report, args.out or str(RESULTS_DIR / "edge_profile.json"))
             return
         detector, config = load_detector(serving_dir)
         started = time.perf_counter()
@@ -360,13 +361,7 @@ def main() -> None:
               "summary": summary, "slices": {n: {s: {k: m[k] for k in ("mAP", "num_images")}
                                                  for s, m in scores[n].items()}
                                              for n in scores}}
-    _write(report, args.out or str(RESULTS_DIR / "edge_bench.json"))
-
-
-def _write(report: dict[str, Any], out: str) -> None:
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out or str(RESULTS_DIR / "edge_bench.json"))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ import numpy as np
 import tf_keras as keras
 
 from benchmarks import machine
-from benchmarks.edge_bench import RESULTS_DIR, THREADS, WARMUP, _percentiles, _write
+from benchmarks.edge_bench import RESULTS_DIR, THREADS, WARMUP, _percentiles
+from benchmarks.report import print_table, write_report
 from benchmarks.train_bench import bench_data, train_and_export
 from components.coco_eval import results
 from components.coco_eval.offline import example_features, read_examples
@@ -188,13 +189,12 @@ def _print(rows: list[dict[str, Any]], host: dict, cpu: dict, seconds: dict) -> 
     print("fine-tune seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     header = ("file", "sparsity", "KB", "gzip KB", "p50 1t", "p99 1t", "p50 2t", "p99 2t",
               "vs dense 1t", "mAP", "mAP50", "sparse layers", "partitions")
-    print(" | ".join(header))
-    for r in rows:
-        print(" | ".join(str(v) for v in (
-            r["file"], r["measured_sparsity"], round(r["size_bytes"] / 1024),
-            round(r["gzip_bytes"] / 1024), r["p50_ms_1t"], r["p99_ms_1t"], r["p50_ms_2t"],
-            r["p99_ms_2t"], r["p50_1t_vs_dense"], r["mAP"], r["mAP50"],
-            len(r["sparse_weight_layers"]), r["xnnpack_partitions"])))
+    print_table(header, [
+        (r["file"], r["measured_sparsity"], round(r["size_bytes"] / 1024),
+         round(r["gzip_bytes"] / 1024), r["p50_ms_1t"], r["p99_ms_1t"], r["p50_ms_2t"],
+         r["p99_ms_2t"], r["p50_1t_vs_dense"], r["mAP"], r["mAP50"],
+         len(r["sparse_weight_layers"]), r["xnnpack_partitions"])
+        for r in rows])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               "saved_model_mAP": round(scores[SAVED_MODEL][results.OVERALL]["mAP"], 4),
               "timing": {"rounds": args.rounds, "runs": args.runs, "warmup": args.warmup},
               "rows": rows}
-    _write(report, args.out or str(RESULTS_DIR / "prune_bench.json"))
+    write_report(report, args.out or str(RESULTS_DIR / "prune_bench.json"))
 
 
 if __name__ == "__main__":

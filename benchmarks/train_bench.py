@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import pathlib
 import sys
@@ -49,6 +48,7 @@ from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
 from tfx.proto import example_gen_pb2
 
 from benchmarks import machine
+from benchmarks.report import print_table, write_report
 from components.coco_eval import offline, results
 from data import coco, synth
 from data import feature_spec as fs
@@ -343,19 +343,6 @@ def run_profile(run_config: configs.RunConfig, splits: dict[str, str], sizes: li
          *(f"{t['wall_ms']} / {t['cpu_ms']}" for t in r["ms_per_batch"].values()))
         for r in rows])
     write_report({"machine": host, "results": rows}, out)
-
-
-def print_table(header: Iterable[str], rows: Iterable[Iterable]) -> None:
-    """A header line and a line per row, cells separated by " | "."""
-    for cells in (header, *rows):
-        print(" | ".join(str(v) for v in cells))
-
-
-def write_report(report: dict, out: str) -> None:
-    """Writes ``report`` as JSON to ``out`` (its folder made) and says where."""
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
 
 
 def main() -> None:
